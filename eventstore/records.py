@@ -1,0 +1,222 @@
+"""Typed event records: one msgspec Struct per transport event, with a pinned tag.
+
+Every record shares an envelope (``seq``, ``v``, ``room``, ``session``, ``ts``, ``producer``, ``epoch``).
+The tag written to the ``type`` field is pinned explicitly and equals the documented pipecat event name
+without its ``on_`` prefix; it never depends on a class name.
+
+Evolution rule: records change only by *adding* fields that have defaults. A reader built against an older
+schema ignores unknown fields; a newer reader fills defaults for missing ones. ``SCHEMA_VERSION`` is bumped
+when fields are added so consumers can tell which writer produced an entry.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Union
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+
+class Record(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
+    """The envelope shared by every record.
+
+    ``seq`` is assigned by Redis when the record is appended (the per-room append script); a record that was
+    never appended has ``seq == 0``. ``ts`` is wall-clock Unix time in seconds at the producer. ``epoch`` is
+    the fencing epoch of the room lease the producer held.
+    """
+
+    seq: int = 0
+    v: int = SCHEMA_VERSION
+    room: str
+    session: str
+    ts: float
+    producer: str = ""
+    epoch: int = 0
+
+
+# --- the 13 events documented for pipecat's LiveKitTransport --------------------------------------------
+
+
+class Connected(Record, tag="connected", frozen=True, kw_only=True):
+    """The bot joined the room (``on_connected``). ``identity``/``participant_sid`` are the bot's own."""
+
+    identity: str = ""
+    participant_sid: str = ""
+
+
+class Disconnected(Record, tag="disconnected", frozen=True, kw_only=True):
+    """The bot left the room (``on_disconnected``).
+
+    ``reason`` is LiveKit's ``DisconnectReason`` name (``CLIENT_INITIATED``, ``ROOM_DELETED``, ...), which
+    pipecat drops; ``local`` is true when the bot itself chose to leave.
+    """
+
+    reason: str = ""
+    local: bool = False
+
+
+class BeforeDisconnect(Record, tag="before_disconnect", frozen=True, kw_only=True):
+    """The bot is about to leave on purpose (``on_before_disconnect``, synchronous)."""
+
+
+class CallStateUpdated(Record, tag="call_state_updated", frozen=True, kw_only=True):
+    """The call-state machine changed state (``on_call_state_updated(transport, state)``).
+
+    ``state`` is the Daily-compatible string handed to user handlers (``joining``, ``joined``, ``leaving``,
+    ``left``, plus ``reconnecting`` and ``failed``); ``phase`` is the call's phase (``waiting``, ``active``,
+    ...); ``cause`` names the record type that caused the transition.
+    """
+
+    state: str
+    previous: str = ""
+    phase: str = ""
+    cause: str = ""
+
+
+class FirstParticipantJoined(Record, tag="first_participant_joined", frozen=True, kw_only=True):
+    participant_id: str
+    participant_sid: str = ""
+
+
+class ParticipantConnected(Record, tag="participant_connected", frozen=True, kw_only=True):
+    participant_id: str
+    participant_sid: str = ""
+    kind: str = ""
+
+
+class ParticipantDisconnected(Record, tag="participant_disconnected", frozen=True, kw_only=True):
+    """``reason`` is LiveKit's ``participant.disconnect_reason`` name, which pipecat drops."""
+
+    participant_id: str
+    participant_sid: str = ""
+    reason: str = ""
+
+
+class ParticipantLeft(Record, tag="participant_left", frozen=True, kw_only=True):
+    """``reason`` is what user handlers receive (pipecat: always ``"disconnected"``); ``disconnect_reason``
+    is what LiveKit really said."""
+
+    participant_id: str
+    reason: str = "disconnected"
+    participant_sid: str = ""
+    disconnect_reason: str = ""
+
+
+class AudioTrackSubscribed(Record, tag="audio_track_subscribed", frozen=True, kw_only=True):
+    participant_id: str
+    participant_sid: str = ""
+    track_sid: str = ""
+
+
+class AudioTrackUnsubscribed(Record, tag="audio_track_unsubscribed", frozen=True, kw_only=True):
+    participant_id: str
+    participant_sid: str = ""
+    track_sid: str = ""
+
+
+class VideoTrackSubscribed(Record, tag="video_track_subscribed", frozen=True, kw_only=True):
+    """``video_source`` is LiveKit's track source (``camera``, ``screen_share``, ...)."""
+
+    participant_id: str
+    participant_sid: str = ""
+    track_sid: str = ""
+    video_source: str = ""
+
+
+class VideoTrackUnsubscribed(Record, tag="video_track_unsubscribed", frozen=True, kw_only=True):
+    participant_id: str
+    participant_sid: str = ""
+    track_sid: str = ""
+    video_source: str = ""
+
+
+class DataReceived(Record, tag="data_received", frozen=True, kw_only=True):
+    """A data packet (``on_data_received(transport, data, participant_id)``).
+
+    ``participant_id`` is ``None`` when a server SDK sent the packet. ``data`` is stored in the stream entry
+    as its own raw field (text reads as text in redis-cli, bytes stay exact), not inside the JSON text.
+    """
+
+    participant_id: str | None = None
+    data: bytes = b""
+    participant_sid: str = ""
+    topic: str = ""
+    reliable: bool = True
+
+
+# --- what LiveKit knows and pipecat does not surface; what the supervisor adds -----------------------------
+
+
+class Reconnecting(Record, tag="reconnecting", frozen=True, kw_only=True):
+    """The bot's connection is being recovered (rtc ``reconnecting``)."""
+
+
+class Reconnected(Record, tag="reconnected", frozen=True, kw_only=True):
+    """The bot's connection was recovered (rtc ``reconnected``)."""
+
+
+class SessionStarted(Record, tag="session_started", frozen=True, kw_only=True):
+    """A session (one join of a room) starts. ``attempt`` counts rejoins of the same desired room (0 = first);
+    ``cause`` says why this session exists (``join``, ``rejoin``, ``restart``, ``takeover``)."""
+
+    identity: str = ""
+    pipeline: str = ""
+    attempt: int = 0
+    cause: str = ""
+
+
+class SessionEnded(Record, tag="session_ended", frozen=True, kw_only=True):
+    """A session ends. ``reason`` is one word (``left``, ``drained``, ``room_closed``, ``removed``,
+    ``pipeline_error``, ``connection_lost``, ``join_failed``); ``rejoin`` says whether the supervisor will
+    join again; ``detail`` is free text for people."""
+
+    reason: str = ""
+    rejoin: bool = False
+    detail: str = ""
+
+
+AnyRecord = Union[
+    Connected,
+    Disconnected,
+    BeforeDisconnect,
+    CallStateUpdated,
+    FirstParticipantJoined,
+    ParticipantConnected,
+    ParticipantDisconnected,
+    ParticipantLeft,
+    AudioTrackSubscribed,
+    AudioTrackUnsubscribed,
+    VideoTrackSubscribed,
+    VideoTrackUnsubscribed,
+    DataReceived,
+    Reconnecting,
+    Reconnected,
+    SessionStarted,
+    SessionEnded,
+]
+
+RECORD_TYPES: Final[tuple[type[Record], ...]] = AnyRecord.__args__  # type: ignore[attr-defined]
+
+TAGS: Final[dict[str, type[Record]]] = {cls.__struct_config__.tag: cls for cls in RECORD_TYPES}
+
+DOCUMENTED_EVENTS: Final[tuple[str, ...]] = (
+    "connected",
+    "disconnected",
+    "before_disconnect",
+    "call_state_updated",
+    "first_participant_joined",
+    "participant_connected",
+    "participant_disconnected",
+    "participant_left",
+    "audio_track_subscribed",
+    "audio_track_unsubscribed",
+    "video_track_subscribed",
+    "video_track_unsubscribed",
+    "data_received",
+)
+
+
+def tag_of(record: Record) -> str:
+    """The pinned tag of a record (its ``type`` field)."""
+    return type(record).__struct_config__.tag  # type: ignore[return-value]
