@@ -39,10 +39,13 @@ class Record(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
 
 
 class Connected(Record, tag="connected", frozen=True, kw_only=True):
-    """The bot joined the room (``on_connected``). ``identity``/``participant_sid`` are the bot's own."""
+    """The bot joined the room (``on_connected``). ``identity``/``participant_sid`` are the bot's own;
+    ``participants`` lists the identities of the remote participants already in the room at that moment
+    (a snapshot that lets consumers tell who stayed while the bot was away)."""
 
     identity: str = ""
     participant_sid: str = ""
+    participants: list[str] = []
 
 
 class Disconnected(Record, tag="disconnected", frozen=True, kw_only=True):
@@ -153,7 +156,10 @@ class Reconnecting(Record, tag="reconnecting", frozen=True, kw_only=True):
 
 
 class Reconnected(Record, tag="reconnected", frozen=True, kw_only=True):
-    """The bot's connection was recovered (rtc ``reconnected``)."""
+    """The bot's connection was recovered (rtc ``reconnected``). ``participants`` is the snapshot of remote
+    identities in the room after recovery."""
+
+    participants: list[str] = []
 
 
 class SessionStarted(Record, tag="session_started", frozen=True, kw_only=True):
