@@ -1,0 +1,215 @@
+"""The consumer runner: keeps a projection's per-room state in Redis up to date with the log.
+
+For each room with news it reads the room stream after the room's checkpoint, folds the records with the
+projection's pure reducer, and writes ``state`` plus checkpoint (``seq`` and entry ``id``) into the room's
+state hash in one compare-and-set step: the write happens only if the checkpoint is still the one it read. A
+crash before the write changes nothing (the same records are folded again); a crash after it skips nothing
+(the next run starts after the new checkpoint). The per-room sequence number is the idempotency key: a record
+at or below the checkpoint is never applied twice.
+
+Rooms with news come from the feed partitions this instance owns (see :mod:`eventstore.groups`) and, at start
+and whenever a partition is gained, from a scan of the room index for rooms behind their stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import redis.asyncio as aioredis
+
+from .deadletter import DeadLetters
+from .feed import load_partitions
+from .groups import FeedEntry, FeedGroup
+from .keys import Keys, partition_of
+from .projections.base import Projection, StateCodec
+from .reader import RoomReader, Undecodable, _next_id
+
+log = logging.getLogger("eventstore")
+S = TypeVar("S")
+
+# KEYS[1] state hash; ARGV: expected seq ('' = no state yet), new state, new seq, new id
+_CAS = """
+local cur = redis.call('HGET', KEYS[1], 'seq')
+if (cur or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'seq', ARGV[3], 'id', ARGV[4])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    entry_id: str  # '' before the first record
+
+    @property
+    def raw_seq(self) -> str:
+        return str(self.seq) if self.entry_id else ""
+
+
+class ProjectionStore(Generic[S]):
+    """Reads and writes one projection's materialized state and checkpoint per room."""
+
+    def __init__(self, redis: aioredis.Redis, projection: Projection[S], keys: Keys | None = None) -> None:
+        self._redis = redis
+        self.projection = projection
+        self.keys = keys or Keys()
+        self.codec: StateCodec[S] = StateCodec(projection.state_type)
+        self._cas = redis.register_script(_CAS)
+
+    async def load(self, room: str) -> tuple[S, Checkpoint]:
+        raw = await self._redis.hmget(self.keys.state(room, self.projection.name), "state", "seq", "id")
+        if raw[0] is None:
+            return self.projection.initial(room), Checkpoint(0, "")
+        return self.codec.decode(raw[0]), Checkpoint(int(raw[1]), raw[2].decode())
+
+    async def save(self, room: str, before: Checkpoint, state: S, after: Checkpoint) -> bool:
+        key = self.keys.state(room, self.projection.name)
+        args = [before.raw_seq, self.codec.encode(state), after.seq, after.entry_id]
+        return bool(await self._cas(keys=[key], args=args))
+
+
+class ProjectionRunner(Generic[S]):
+    """Runs one projection as a member of the consumer group named after it."""
+
+    def __init__(self, redis: aioredis.Redis, projection: Projection[S], *, keys: Keys | None = None,
+                 instance: str | None = None, chunk: int = 1000, lease_ms: int = 10_000,
+                 block_ms: int = 1000) -> None:
+        self._redis = redis
+        self.keys = keys or Keys()
+        self.projection = projection
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self.store: ProjectionStore[S] = ProjectionStore(redis, projection, self.keys)
+        self.dead = DeadLetters(redis, self.keys)
+        self.reader = RoomReader(redis, self.keys, on_undecodable=self._dead_letter)
+        self.chunk = chunk
+        self.lease_ms = lease_ms
+        self.block_ms = block_ms
+        self.group: FeedGroup | None = None
+        self.applied = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the room it is on."""
+        self._stop.set()
+
+    async def _dead_letter(self, bad: Undecodable) -> None:
+        await self.dead.write(bad.room, f"consumer:{self.projection.name}", bad.entry_id, bad.reason,
+                              dict(bad.fields))
+
+    async def catch_up_room(self, room: str) -> int:
+        """Apply every record of ``room`` after its checkpoint. Returns how many were applied."""
+        applied = 0
+        while True:
+            state, ckpt = await self.store.load(room)
+            start = _next_id(ckpt.entry_id) if ckpt.entry_id else "-"
+            page = await self._redis.xrange(self.keys.events(room), min=start, count=self.chunk)
+            if not page:
+                return applied
+            seq = ckpt.seq
+            for entry_id, fields in page:
+                record = await self.reader.decode(room, entry_id, fields)
+                if record is None or record.seq <= seq:
+                    continue
+                if record.seq != seq + 1:
+                    log.error("room %r: %s sees a gap (%d -> %d); stream trimmed?", room,
+                              self.projection.name, seq, record.seq)
+                state = self.projection.apply(state, record)
+                seq = record.seq
+                applied += 1
+            after = Checkpoint(seq, page[-1][0].decode())
+            if not await self.store.save(room, ckpt, state, after):
+                log.warning("room %r: %s checkpoint moved under us; reloading", room, self.projection.name)
+                continue
+            self.applied += applied
+            if len(page) < self.chunk:
+                return applied
+
+    async def rooms_behind(self, partitions: set[int], total: int) -> list[str]:
+        """Rooms of ``partitions`` whose state is behind their stream."""
+        rooms: list[str] = []
+        async for raw in self._redis.zscan_iter(self.keys.rooms(), count=1000):
+            room = (raw[0] if isinstance(raw, tuple) else raw).decode("utf-8")
+            if partition_of(room, total) in partitions:
+                rooms.append(room)
+        out: list[str] = []
+        for i in range(0, len(rooms), 500):
+            chunk = rooms[i : i + 500]
+            pipe = self._redis.pipeline(transaction=False)
+            for room in chunk:
+                pipe.hget(self.keys.meta(room), "seq")
+                pipe.hget(self.keys.state(room, self.projection.name), "seq")
+            replies = await pipe.execute()
+            for j, room in enumerate(chunk):
+                if int(replies[2 * j] or 0) > int(replies[2 * j + 1] or 0):
+                    out.append(room)
+        return out
+
+    async def _handle(self, entries: list[FeedEntry]) -> None:
+        rooms = dict.fromkeys(f.get(b"room", b"").decode("utf-8", "replace") for _, _, f in entries)
+        for room in rooms:
+            if room:
+                await self.catch_up_room(room)
+        await self.group.ack(entries)  # type: ignore[union-attr]
+
+    async def _on_gained(self, gained: set[int], total: int) -> None:
+        assert self.group is not None
+        for p in sorted(gained):
+            pending = await self.group.reclaim(p)
+            if pending:
+                log.info("%s: reclaimed %d pending notifications of partition %d", self.instance, len(pending), p)
+                await self._handle(pending)
+        for room in await self.rooms_behind(gained, total):
+            await self.catch_up_room(room)
+
+    async def run(self, *, until_caught_up: bool = False) -> int:
+        """Consume until :meth:`stop` (or, with ``until_caught_up``, until nothing is left). Returns the number
+        of records applied."""
+        total = await load_partitions(self._redis, self.keys)
+        self.group = FeedGroup(self._redis, self.keys, self.projection.name, self.instance, total,
+                               lease_ms=self.lease_ms)
+        loop = asyncio.get_running_loop()
+        next_rebalance = 0.0
+        try:
+            while not self._stop.is_set():
+                if loop.time() >= next_rebalance:
+                    gained, _ = await self.group.rebalance()
+                    next_rebalance = loop.time() + self.lease_ms / 3000
+                    await self._on_gained(gained, total)
+                block = 50 if until_caught_up else self.block_ms
+                entries = await self.group.read(block_ms=block)
+                if entries:
+                    await self._handle(entries)
+                elif until_caught_up and not await self.rooms_behind(self.group.owned, total):
+                    break
+                elif not self.group.owned:
+                    await self._wait(self.block_ms / 1000)
+        finally:
+            await self.group.release_all()
+        return self.applied
+
+    async def _wait(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def replay(redis: aioredis.Redis, room: str, projection: Projection[S], *, keys: Keys | None = None,
+                 until: int | None = None) -> S:
+    """The state of ``room`` rebuilt from zero (optionally only up to sequence ``until``)."""
+    reader = RoomReader(redis, keys)
+    state = projection.initial(room)
+    async for record in reader.iter_room(room, 0, until=until):
+        state = projection.apply(state, record)
+    return state
+
+
+async def materialized(redis: aioredis.Redis, room: str, projection: Projection[S], *,
+                       keys: Keys | None = None) -> tuple[S, int]:
+    """The consumer-maintained state of ``room`` and the sequence number it reflects."""
+    state, ckpt = await ProjectionStore(redis, projection, keys).load(room)
+    return state, ckpt.seq

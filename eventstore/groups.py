@@ -1,0 +1,147 @@
+"""Consumer groups over the feed partitions, with one owner per partition at a time.
+
+Every instance of a consumer (say two ``room-supervisor consume participants`` processes) joins the group
+named after it. A room's notifications all land in one partition, and each partition is read by exactly one
+instance at a time, so no room is ever processed by two instances at once and its order is kept.
+
+Ownership is a lease per partition (``rs:plock:<group>:<n>``, ``SET NX PX`` with the instance id as value,
+renewed and released with compare-and-set scripts). Live instances heartbeat in ``rs:consumers:<group>``; each
+aims for ``ceil(partitions / live instances)`` partitions, takes free ones and gives up extras, so a second
+instance gets half the partitions within a few lease periods. When an instance takes a partition over, the
+entries its previous owner read but never acknowledged are reclaimed (``XAUTOCLAIM``) and handled first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .keys import Keys
+
+log = logging.getLogger("eventstore")
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+FeedEntry = tuple[int, bytes, dict[bytes, bytes]]  # (partition, entry id, fields)
+
+
+class FeedGroup:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, group: str, instance: str, partitions: int, *,
+                 lease_ms: int = 10_000) -> None:
+        self._redis = redis
+        self.keys = keys
+        self.group = group
+        self.instance = instance
+        self.partitions = partitions
+        self.lease_ms = lease_ms
+        self.owned: set[int] = set()
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._groups_ready: set[int] = set()
+
+    async def _ensure_group(self, partition: int) -> None:
+        if partition in self._groups_ready:
+            return
+        try:
+            await self._redis.xgroup_create(self.keys.feed(partition), self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add(partition)
+
+    async def heartbeat(self) -> int:
+        """Record this instance as alive; forget instances silent for 3 lease periods. Returns live count."""
+        now = int(time.time() * 1000)
+        key = self.keys.consumers(self.group)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {self.instance: now})
+        pipe.zremrangebyscore(key, 0, now - 3 * self.lease_ms)
+        pipe.zcard(key)
+        return int((await pipe.execute())[2])
+
+    async def rebalance(self) -> tuple[set[int], set[int]]:
+        """Renew owned leases, take free partitions up to the fair share, release extras.
+        Returns (gained, lost) partitions."""
+        live = max(await self.heartbeat(), 1)
+        target = math.ceil(self.partitions / live)
+        lost: set[int] = set()
+        for p in sorted(self.owned):
+            if not await self._renew(keys=[self.keys.partition_lock(self.group, p)],
+                                     args=[self.instance, self.lease_ms]):
+                lost.add(p)
+        self.owned -= lost
+        while len(self.owned) > target:
+            p = max(self.owned)
+            await self.release(p)
+            lost.add(p)
+        gained: set[int] = set()
+        for p in range(self.partitions):
+            if len(self.owned) >= target:
+                break
+            if p in self.owned:
+                continue
+            if await self._redis.set(self.keys.partition_lock(self.group, p), self.instance,
+                                     nx=True, px=self.lease_ms):
+                await self._ensure_group(p)
+                self.owned.add(p)
+                gained.add(p)
+        if gained or lost:
+            log.info("consumer %s/%s: partitions gained %s lost %s, own %d of %d (%d live)", self.group,
+                     self.instance, sorted(gained), sorted(lost), len(self.owned), self.partitions, live)
+        return gained, lost
+
+    async def release(self, partition: int) -> None:
+        await self._release(keys=[self.keys.partition_lock(self.group, partition)], args=[self.instance])
+        self.owned.discard(partition)
+
+    async def release_all(self) -> None:
+        for p in list(self.owned):
+            await self.release(p)
+        await self._redis.zrem(self.keys.consumers(self.group), self.instance)
+
+    async def reclaim(self, partition: int, count: int = 500) -> list[FeedEntry]:
+        """Entries of ``partition`` that any consumer of the group read but never acknowledged."""
+        out: list[FeedEntry] = []
+        start = "0-0"
+        while True:
+            reply = await self._redis.xautoclaim(self.keys.feed(partition), self.group, self.instance,
+                                                 min_idle_time=0, start_id=start, count=count)
+            start, entries = reply[0], reply[1]
+            out.extend((partition, eid, fields) for eid, fields in entries if fields is not None)
+            if start in (b"0-0", "0-0") or not entries:
+                return out
+
+    async def read(self, *, count: int = 500, block_ms: int | None = 1000) -> list[FeedEntry]:
+        """New notifications from the owned partitions (blocking up to ``block_ms``)."""
+        if not self.owned:
+            return []
+        streams = {self.keys.feed(p): ">" for p in sorted(self.owned)}
+        reply = await self._redis.xreadgroup(self.group, self.instance, streams, count=count, block=block_ms)
+        out: list[FeedEntry] = []
+        for key, entries in reply or []:
+            partition = int(key.rsplit(b":", 1)[1])
+            out.extend((partition, eid, fields) for eid, fields in entries)
+        return out
+
+    async def ack(self, entries: Sequence[FeedEntry]) -> None:
+        by_partition: dict[int, list[bytes]] = {}
+        for partition, eid, _ in entries:
+            by_partition.setdefault(partition, []).append(eid)
+        if not by_partition:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for partition, ids in by_partition.items():
+            pipe.xack(self.keys.feed(partition), self.group, *ids)
+        await pipe.execute()
