@@ -1,0 +1,138 @@
+"""pytest fixtures of the harness; ``tests/conftest.py`` re-exports them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from . import netns as netns_mod
+from .livekit_server import LiveKitServer, livekit_binary
+from .participant import Participant
+from .redis_server import RedisServer
+from .tasks import _rs_no_leaked_tasks, _rs_task_guard  # noqa: F401 - fixtures
+from .util import is_root
+
+# Servers alive in the current test, whose log tails go into a failing test's report.
+ACTIVE_LIVEKIT: list[LiveKitServer] = []
+ACTIVE_REDIS: list[RedisServer] = []
+
+
+def sealed_mode() -> bool:
+    """Root (and not RS_NETNS=0): LiveKit runs in a namespace of its own. Otherwise: loopback only."""
+    return is_root() and os.environ.get("RS_NETNS", "1") != "0" and shutil.which("ip") is not None
+
+
+# ----- redis -----
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    ACTIVE_REDIS.append(server)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        ACTIVE_REDIS.remove(server)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server, emptied for this test (restarted first if an earlier test left it down)."""
+    redis_server.start()
+    redis_server.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_redis(tmp_path) -> Iterator[RedisServer]:
+    """A private redis-server (appendonly, fsync always) this test may kill and restart."""
+    server = RedisServer(tmp_path / "fresh-redis", appendonly=True)
+    ACTIVE_REDIS.append(server)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        ACTIVE_REDIS.remove(server)
+
+
+# ----- livekit -----
+@pytest.fixture(scope="session")
+def sealed_netns() -> Iterator[netns_mod.NetNamespace | None]:
+    """The namespace LiveKit lives in (None when not root: LiveKit then runs on 127.0.0.1)."""
+    if not sealed_mode():
+        yield None
+        return
+    netns_mod.cleanup_stale()
+    ns = netns_mod.NetNamespace().create()
+    try:
+        yield ns
+    finally:
+        ns.destroy()
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory, sealed_netns) -> Iterator[LiveKitServer]:
+    livekit_binary()  # fail early and clearly when the binary is missing
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit"), sealed_netns)
+    ACTIVE_LIVEKIT.append(server)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        ACTIVE_LIVEKIT.remove(server)
+
+
+@pytest.fixture
+def fresh_livekit(tmp_path, sealed_netns) -> Iterator[LiveKitServer]:
+    """A private livekit-server (own ports, same namespace) this test may stop, kill and restart."""
+    server = LiveKitServer(tmp_path / "fresh-livekit", sealed_netns)
+    ACTIVE_LIVEKIT.append(server)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        ACTIVE_LIVEKIT.remove(server)
+
+
+@pytest.fixture
+def room_name(request) -> str:
+    return f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")
+
+
+@pytest.fixture
+async def participant_factory(livekit_server, room_name) -> AsyncIterator:
+    """``await make(identity, url=..., room=...)`` -> a joined :class:`Participant`; all leave at teardown."""
+    made: list[Participant] = []
+
+    async def make(identity: str, *, url: str | None = None, room: str | None = None) -> Participant:
+        p = Participant(url or livekit_server.url, room or room_name, identity)
+        made.append(p)
+        return await p.join()
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            await p.leave()
+
+
+@pytest.fixture
+async def bot_factory(livekit_server, room_name) -> AsyncIterator:
+    """``await make(identity)`` -> a started :class:`EchoBot`; all are stopped at teardown."""
+    from .bot import EchoBot  # imports pipecat: only after pytest_configure set the warning filters
+
+    made: list[EchoBot] = []
+
+    async def make(identity: str = "echo-bot", *, url: str | None = None, room: str | None = None) -> EchoBot:
+        bot = EchoBot(url or livekit_server.url, room or room_name, identity)
+        made.append(bot)
+        return await bot.start()
+
+    try:
+        yield make
+    finally:
+        for bot in made:
+            await bot.stop()
