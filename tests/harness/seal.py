@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from .util import terminate, wait_until
 
+MAX_CAPTURE_S = 600
 CGROUP_FS = Path("/sys/fs/cgroup")  # nft resolves `socket cgroupv2` paths below this directory
 
 
@@ -53,6 +55,24 @@ def _own_cgroup2() -> str:
     raise RuntimeError("this process has no cgroup v2 membership")
 
 
+def cleanup_stale_accounting() -> None:
+    """Remove nft tables / cgroups ``rs_seal_<pid>_*`` left by a run whose process is gone."""
+    from .util import pid_alive
+
+    out = subprocess.run(["nft", "list", "tables"], text=True, capture_output=True).stdout
+    for m in re.finditer(r"^table inet (rs_seal_(\d+)_\d+)$", out, re.M):
+        if not pid_alive(int(m.group(2))):
+            subprocess.run(["nft", "delete", "table", "inet", m.group(1)], capture_output=True)
+    mount = _cgroup2_mount()
+    for d in mount.glob("rs-seal-*"):
+        m = re.match(r"^rs-seal-(\d+)-\d+$", d.name)
+        if m and not pid_alive(int(m.group(1))):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 class EgressAccounting:
     """Count packets sent by sockets this process creates from now on, per outgoing interface."""
 
@@ -60,6 +80,7 @@ class EgressAccounting:
         if shutil.which("nft") is None:
             raise RuntimeError("nft not found: apt-get install -y nftables (the seal test needs it)")
         self.allowed = allowed_ifaces
+        cleanup_stale_accounting()
         tag = f"rs_seal_{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
         self.table = tag
         mount = _cgroup2_mount()
@@ -119,7 +140,8 @@ class Capture:
             raise RuntimeError("tcpdump not found: apt-get install -y tcpdump")
         self._out, self._err = open(self.path, "wb"), open(self.err_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            ["tcpdump", "-i", self.iface, "-n", "-l", "-tt", "-p", "-Q", "inout"],
+            # `timeout` bounds its life should this process die without stopping it (it forwards SIGINT).
+            ["timeout", "-s", "INT", str(MAX_CAPTURE_S), "tcpdump", "-i", self.iface, "-n", "-l", "-tt", "-p", "-Q", "inout"],
             stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
         )
         wait_until(lambda: b"listening on" in self.err_path.read_bytes() or self._dead(), 10, f"tcpdump on {self.iface}")
@@ -131,8 +153,6 @@ class Capture:
         return self.proc is not None and self.proc.poll() is not None
 
     def stop(self) -> list[str]:
-        import signal
-
         terminate(self.proc, timeout=5, sig=signal.SIGINT)
         for f in (self._out, self._err):
             f.close()
