@@ -1,0 +1,82 @@
+"""Pipelines used by tests, loaded as ``tests.pipelines:NAME`` (module:function), like a user's own."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from pipecat.frames.frames import Frame, InputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from transport.pipelines import DiscardAudio, EchoAudio
+
+DOCUMENTED = (
+    "on_connected", "on_disconnected", "on_before_disconnect", "on_call_state_updated",
+    "on_first_participant_joined", "on_participant_connected", "on_participant_disconnected",
+    "on_participant_left", "on_audio_track_subscribed", "on_audio_track_unsubscribed",
+    "on_video_track_subscribed", "on_video_track_unsubscribed", "on_data_received",
+)
+
+# room -> list of (event name, args after the transport) as user handlers received them
+HANDLER_CALLS: dict[str, list[tuple[str, tuple[Any, ...]]]] = defaultdict(list)
+# room -> the transport of its latest session (tests reach the bot's rtc room through it)
+TRANSPORTS: dict[str, Any] = {}
+
+
+def _register_all(transport: Any, room: str) -> None:
+    TRANSPORTS[room] = transport
+    for event in DOCUMENTED:
+        def make(name: str):
+            async def handler(t: Any, *args: Any) -> None:
+                assert t is transport
+                HANDLER_CALLS[room].append((name, tuple(bytes(a) if isinstance(a, (bytes, bytearray)) else a
+                                                        for a in args)))
+            return handler
+        transport.add_event_handler(event, make(event))
+
+
+def handlers(transport: Any, spec: Any) -> list[FrameProcessor]:
+    """``listen`` plus a user handler on every documented event that records its arguments."""
+    _register_all(transport, spec.room)
+    return [DiscardAudio()]
+
+
+def echo_handlers(transport: Any, spec: Any) -> list[FrameProcessor]:
+    _register_all(transport, spec.room)
+    return [EchoAudio()]
+
+
+def hostile_handlers(transport: Any, spec: Any) -> list[FrameProcessor]:
+    """User handlers that raise or hang: recording must not lose or delay anything."""
+    import asyncio
+
+    _register_all(transport, spec.room)
+
+    async def raising(t: Any, *args: Any) -> None:
+        raise RuntimeError("user handler fails on purpose")
+
+    async def slow(t: Any, *args: Any) -> None:
+        await asyncio.sleep(3)
+
+    for event in DOCUMENTED:
+        if event != "on_before_disconnect":
+            transport.add_event_handler(event, raising)
+            transport.add_event_handler(event, slow)
+    return [DiscardAudio()]
+
+
+class RaiseOnAudio(FrameProcessor):
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            raise RuntimeError("this pipeline fails on the first audio frame")
+        await self.push_frame(frame, direction)
+
+
+def raising(transport: Any, spec: Any) -> list[FrameProcessor]:
+    """A pipeline that crashes as soon as it hears audio."""
+    return [RaiseOnAudio()]
+
+
+def broken_factory(transport: Any, spec: Any) -> list[FrameProcessor]:
+    raise ValueError("this factory cannot build a pipeline")

@@ -1,0 +1,201 @@
+"""One session: one join of one room by one bot, from ``session_started`` to ``session_ended``.
+
+:func:`run_session` joins the room with a fresh token, runs the pipeline until something ends it, and says
+why in a :class:`SessionOutcome`. What ends a session:
+
+- ``stop`` is set (leave or drain): the pipeline gets an ``EndFrame``, so ``on_before_disconnect`` runs and the
+  bot leaves; reason ``drained``/``left`` as the caller says;
+- the server ends the bot's connection: room closed or deleted, bot removed (no rejoin), or the connection is
+  lost for good (rejoin). pipecat keeps such a pipeline running; we cancel it;
+- the pipeline fails (an ``ErrorFrame`` or an exception in the factory): reason ``pipeline_error``;
+- the pipeline ends by itself (the bot's own ``EndFrame``): reason ``left``.
+
+It never raises for a failing pipeline; only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.workers.runner import WorkerRunner
+
+from eventstore.records import SessionEnded, SessionStarted
+from eventstore.writer import EventWriter
+
+from .pipelines import SAMPLE_RATE, PipelineNotFound, load_pipeline
+from .recorder import EventRecorder
+from .recording import RecordingLiveKitTransport
+from .tokens import bot_token
+
+log = logging.getLogger("transport")
+
+# LiveKit's reason for ending the bot's connection -> (our reason, come back?)
+_SERVER_REASONS: dict[str, tuple[str, bool]] = {
+    "ROOM_DELETED": ("room_deleted", False),
+    "ROOM_CLOSED": ("room_closed", False),
+    "PARTICIPANT_REMOVED": ("removed", False),
+    "DUPLICATE_IDENTITY": ("duplicate_identity", False),
+}
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    room: str
+    session_id: str
+    identity: str
+    epoch: int
+    producer: str
+    pipeline: str
+    livekit_url: str
+    api_key: str
+    api_secret: str
+    token_ttl: float = 600.0
+    attempt: int = 0
+    cause: str = "join"  # join | rejoin | restart | takeover
+    stop_reason: str = "drained"  # reason recorded when `stop` ends the session (drained or left)
+    end_timeout: float = 10.0  # how long a graceful leave may take before the pipeline is cancelled
+
+
+@dataclass(frozen=True)
+class SessionOutcome:
+    reason: str
+    rejoin: bool
+    detail: str = ""
+
+
+def outcome_for_server_reason(reason: str) -> SessionOutcome:
+    ours, rejoin = _SERVER_REASONS.get(reason, ("connection_lost", True))
+    return SessionOutcome(ours, rejoin, f"LiveKit: {reason}")
+
+
+class _Session:
+    def __init__(self, spec: SessionSpec, writer: EventWriter) -> None:
+        self.spec = spec
+        self.recorder = EventRecorder(writer, room=spec.room, session=spec.session_id, epoch=spec.epoch,
+                                      producer=spec.producer)
+        self.pipeline_error = ""
+        self.errored = asyncio.Event()
+        self.transport: RecordingLiveKitTransport | None = None
+        self.runner: WorkerRunner | None = None
+
+    def build(self) -> PipelineWorker:
+        """Transport, user handlers and pipeline, before anything is recorded or joined."""
+        spec = self.spec
+        definition = load_pipeline(spec.pipeline)
+        token = bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
+        transport = RecordingLiveKitTransport(spec.livekit_url, token, spec.room, self.recorder,
+                                              definition.params())
+        self.transport = transport
+        processors = definition.factory(transport, spec)
+        worker = PipelineWorker(
+            Pipeline([transport.input(), *processors, transport.output()]),
+            params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE),
+            idle_timeout_secs=None,
+            enable_rtvi=False,
+        )
+
+        @worker.event_handler("on_pipeline_error")
+        async def _on_error(_worker: PipelineWorker, frame: object) -> None:
+            self.pipeline_error = str(getattr(frame, "error", frame))
+            self.errored.set()
+
+        return worker
+
+    def start(self, worker: PipelineWorker) -> asyncio.Task[None]:
+        self.runner = WorkerRunner(handle_sigint=False, handle_sigterm=False)
+        return asyncio.get_running_loop().create_task(self._run(worker), name=f"session:{self.spec.session_id}")
+
+    async def _run(self, worker: PipelineWorker) -> None:
+        assert self.runner is not None
+        await self.runner.add_workers(worker)
+        await self.runner.run()
+
+    async def supervise(self, run_task: asyncio.Task[None], stop: asyncio.Event) -> SessionOutcome:
+        assert self.transport is not None and self.runner is not None
+        ended = self.transport.ended
+        waiters = {
+            asyncio.ensure_future(stop.wait()): "stop",
+            asyncio.ensure_future(ended.wait()): "ended",
+        }
+        waiters[asyncio.ensure_future(self.errored.wait())] = "error"
+        try:
+            done, _ = await asyncio.wait({run_task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if run_task in done:
+            return self._finished_by_itself(run_task)
+        if stop.is_set() and not ended.is_set() and not self.pipeline_error:
+            await self._end_gracefully(run_task)
+            return SessionOutcome(self.spec.stop_reason, False)
+        await self._cancel(run_task)
+        if self.pipeline_error:
+            return SessionOutcome("pipeline_error", True, self.pipeline_error)
+        return outcome_for_server_reason(self.transport.end_reason)
+
+    def _finished_by_itself(self, run_task: asyncio.Task[None]) -> SessionOutcome:
+        exc = run_task.exception()
+        if exc is not None:
+            return SessionOutcome("pipeline_error", True, repr(exc))
+        if self.pipeline_error:
+            return SessionOutcome("pipeline_error", True, self.pipeline_error)
+        if "connected" not in self.recorder.recorded:
+            return SessionOutcome("join_failed", True, "the pipeline ended before the bot joined")
+        if self.transport is not None and self.transport.ended.is_set():
+            return outcome_for_server_reason(self.transport.end_reason)
+        return SessionOutcome("left", False, "the pipeline ended")
+
+    async def _end_gracefully(self, run_task: asyncio.Task[None]) -> None:
+        assert self.runner is not None
+        await self.runner.end(reason=self.spec.stop_reason)
+        try:
+            await asyncio.wait_for(asyncio.shield(run_task), self.spec.end_timeout)
+        except asyncio.TimeoutError:
+            log.warning("room=%s session=%s: graceful leave took over %.1fs; cancelling", self.spec.room,
+                        self.spec.session_id, self.spec.end_timeout)
+            await self._cancel(run_task)
+
+    async def _cancel(self, run_task: asyncio.Task[None]) -> None:
+        assert self.runner is not None
+        if not run_task.done():
+            await self.runner.cancel(reason="session ended")
+            try:
+                await asyncio.wait_for(asyncio.shield(run_task), self.spec.end_timeout)
+            except asyncio.TimeoutError:
+                run_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await run_task
+
+
+async def run_session(spec: SessionSpec, writer: EventWriter, stop: asyncio.Event) -> SessionOutcome:
+    """Run one session of ``spec.room`` until it ends; see the module docstring."""
+    session = _Session(spec, writer)
+    rec = session.recorder
+    worker: PipelineWorker | None = None
+    outcome = SessionOutcome("pipeline_error", True, "not started")
+    try:
+        worker = session.build()  # handlers are registered before the first record, so they see "joining"
+    except PipelineNotFound as exc:
+        outcome = SessionOutcome("pipeline_error", False, str(exc))
+    except Exception as exc:  # the user's factory failed
+        outcome = SessionOutcome("pipeline_error", True, f"pipeline factory failed: {exc!r}")
+    await rec.emit(SessionStarted, identity=spec.identity, pipeline=spec.pipeline, attempt=spec.attempt,
+                   cause=spec.cause)
+    log.info("room=%s session=%s: starting (identity %s, pipeline %s, attempt %d, cause %s)", spec.room,
+             spec.session_id, spec.identity, spec.pipeline, spec.attempt, spec.cause)
+    try:
+        if worker is not None:
+            outcome = await session.supervise(session.start(worker), stop)
+        return outcome
+    finally:
+        if session.transport is not None:
+            await session.transport.wait_recorded()
+        await rec.emit(SessionEnded, reason=outcome.reason, rejoin=outcome.rejoin, detail=outcome.detail)
+        log.info("room=%s session=%s: ended (%s, rejoin=%s) %s", spec.room, spec.session_id, outcome.reason,
+                 outcome.rejoin, outcome.detail)
