@@ -41,6 +41,7 @@ async def test_livekit_restart_keeps_url_and_participants_rejoin(fresh_livekit, 
     await bob.rejoin()
     await alice.publish_tone(880.0)
     await bob.wait_for_audio("alice", frames=20, timeout=20)
+    await alice.wait_for_participant("bob")  # else the data may arrive with an unknown sender (None)
     await bob.send_text("back", topic="restart")
     got = await alice.wait_for_data(lambda r: r.payload == b"back" and r.topic == "restart")
     assert got.sender == "bob" and got.reliable

@@ -182,6 +182,18 @@ class Participant:
                 await self.lp.unpublish_track(self.video_pub_sid)
         self.video_pub_sid = None
 
+    async def wait_for_participant(self, identity: str, timeout: float = 15.0) -> rtc.RemoteParticipant:
+        """Wait until ``identity`` is in this room's remote participants.
+
+        Data from a participant this client does not know yet arrives with ``participant=None``
+        (rtc resolves the sender by identity), so tests that check the sender wait for this first.
+        """
+
+        def find():
+            return self.room.remote_participants.get(identity) if self.room else None
+
+        return await async_wait_until(find, timeout, f"{identity} to appear at {self.identity}")
+
     # ----- data -----
     async def send_text(self, text: str, topic: str, *, reliable: bool = True, to: list[str] | None = None) -> None:
         await self.lp.publish_data(text, reliable=reliable, topic=topic, destination_identities=to or [])
