@@ -108,6 +108,8 @@ class EventWriter:
         self._rooms: dict[str, _RoomQueue] = {}
         self._pending = 0
         self._token_seq = 0
+        # Batch tokens must never repeat, even for two writers given the same producer name.
+        self._token_base = f"{self.producer}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -141,11 +143,18 @@ class EventWriter:
             self._kick()
             return
         if self._pending >= self.max_pending:
-            self._space.clear()
-            try:
-                await asyncio.wait_for(self._space.wait(), self.max_block)
-            except asyncio.TimeoutError:
-                pass
+            # Several producers may wait here: one woken by free space can find it taken again by another,
+            # so wait again until space stays free or ``max_block`` is used up.
+            deadline = time.monotonic() + self.max_block
+            while self._pending >= self.max_pending and not self._spool_holds_data():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._space.clear()
+                try:
+                    await asyncio.wait_for(self._space.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
             if self._pending >= self.max_pending or self._spool_holds_data():
                 if self._spool is None:
                     # No spool: the caller's bound is honoured by raising instead of silently dropping.
@@ -211,7 +220,7 @@ class EventWriter:
 
     def _next_token(self) -> str:
         self._token_seq += 1
-        return f"{self.producer}:{self._token_seq}"
+        return f"{self._token_base}:{self._token_seq}"
 
     def _spool_holds_data(self) -> bool:
         return self._spool is not None and not self._spool.empty
