@@ -5,11 +5,13 @@
 -- ARGV[2] expected current seq (-1 = any): a stale expectation is refused
 -- ARGV[3] batch token ('' = none): the same token as the room's last batch means this is a retry
 -- ARGV[4] MAXLEN for the stream (0 = keep everything)
--- then, per record, three values: type, record JSON starting {"type":"<type>","seq":0, , data argument
---   (the data argument is '' for no data field, else 'd' followed by the raw payload)
+-- ARGV[5] the records, framed (codec.frame_batch): per record a 12-byte header of three big-endian uint32
+--   lengths, then its type, its JSON starting {"type":"<type>","seq":0, and its data argument
+--   (the data argument is '' for no data field, else 'd' followed by the raw payload).
+--   One argument for the whole batch keeps client-side command packing cheap.
 --
 -- Replies: {'OK', first, last, last_id} | {'DUP', first, last, last_id} | {'STALE', current}
---          | {'FENCED', current, lease_epoch}; a malformed call is an error reply.
+--          | {'FENCED', current, lease_epoch}; a malformed call is an error reply and writes nothing.
 local meta = KEYS[2]
 local token = ARGV[3]
 if token ~= '' and redis.call('HGET', meta, 'batch') == token then
@@ -28,40 +30,57 @@ local expected = tonumber(ARGV[2])
 if expected >= 0 and expected ~= cur then
   return {'STALE', cur}
 end
-local n = (#ARGV - 4) / 3
-if n < 1 or n ~= math.floor(n) then
-  return redis.error_reply('ERR append: records must come in (type, rec, data) triples')
+if #ARGV ~= 5 then
+  return redis.error_reply('ERR append: expected 5 arguments, got ' .. #ARGV)
+end
+-- Parse and check every record before writing any: a malformed batch leaves the room untouched.
+local blob = ARGV[5]
+local size = #blob
+local types, rests, datas = {}, {}, {}
+local pos = 1
+local n = 0
+while pos <= size do
+  if pos + 11 > size then
+    return redis.error_reply('ERR append: record ' .. n .. ' has a truncated header')
+  end
+  local lt, lr, ld, p = struct.unpack('>I4I4I4', blob, pos)
+  local stop = p + lt + lr + ld
+  if stop - 1 > size then
+    return redis.error_reply('ERR append: record ' .. n .. ' is truncated')
+  end
+  local t = string.sub(blob, p, p + lt - 1)
+  local head = '{"type":"' .. t .. '","seq":0,'
+  if lr < #head or string.sub(blob, p + lt, p + lt + #head - 1) ~= head then
+    return redis.error_reply('ERR append: record ' .. n .. ' does not start with ' .. head)
+  end
+  n = n + 1
+  types[n] = t
+  rests[n] = string.sub(blob, p + lt + #head, p + lt + lr - 1)
+  datas[n] = string.sub(blob, p + lt + lr, stop - 1)
+  pos = stop
+end
+if n < 1 then
+  return redis.error_reply('ERR append: no records')
 end
 local maxlen = tonumber(ARGV[4])
 local id = ''
-for i = 0, n - 1 do
-  local t = ARGV[5 + 3 * i]
-  local rec = ARGV[6 + 3 * i]
-  local data = ARGV[7 + 3 * i]
-  local head = '{"type":"' .. t .. '","seq":0,'
-  if string.sub(rec, 1, #head) ~= head then
-    return redis.error_reply('ERR append: record ' .. i .. ' does not start with ' .. head)
-  end
-  local seq = string.format('%d', cur + i + 1)
-  rec = '{"type":"' .. t .. '","seq":' .. seq .. ',' .. string.sub(rec, #head + 1)
-  local args = {KEYS[1]}
+for i = 1, n do
+  local t = types[i]
+  local seq = string.format('%d', cur + i)
+  local rec = '{"type":"' .. t .. '","seq":' .. seq .. ',' .. rests[i]
+  local data = datas[i]
   if maxlen > 0 then
-    table.insert(args, 'MAXLEN')
-    table.insert(args, '~')
-    table.insert(args, maxlen)
+    if #data > 0 then
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', t, 'seq', seq, 'rec', rec,
+        'data', string.sub(data, 2))
+    else
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', t, 'seq', seq, 'rec', rec)
+    end
+  elseif #data > 0 then
+    id = redis.call('XADD', KEYS[1], '*', 'type', t, 'seq', seq, 'rec', rec, 'data', string.sub(data, 2))
+  else
+    id = redis.call('XADD', KEYS[1], '*', 'type', t, 'seq', seq, 'rec', rec)
   end
-  table.insert(args, '*')
-  table.insert(args, 'type')
-  table.insert(args, t)
-  table.insert(args, 'seq')
-  table.insert(args, seq)
-  table.insert(args, 'rec')
-  table.insert(args, rec)
-  if #data > 0 then
-    table.insert(args, 'data')
-    table.insert(args, string.sub(data, 2))
-  end
-  id = redis.call('XADD', unpack(args))
 end
 redis.call('HSET', meta, 'seq', string.format('%d', cur + n), 'first', string.format('%d', cur + 1),
   'last', id, 'batch', token)

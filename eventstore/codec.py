@@ -5,16 +5,18 @@ whole record as JSON text) and, for ``data_received`` only, ``data`` (the raw pa
 redis-cli and bytes round-trip exactly; the JSON text carries ``"data":""`` instead of a base64 copy).
 
 Before append, a record is encoded with ``"seq":0`` in a fixed place (``{"type":"<tag>","seq":0,...``); the
-append script puts the real sequence number there. :func:`encode_for_append` produces that form.
+append script puts the real sequence number there. :func:`encode_for_append` produces that form, and
+:func:`frame_batch` joins a batch of them into the script's single record argument.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import struct
+from typing import Iterable, Mapping
 
 import msgspec
 
-from .records import AnyRecord, DataReceived, Record, tag_of
+from .records import RECORD_TYPES, AnyRecord, DataReceived, Record, tag_of
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder(AnyRecord)
@@ -22,6 +24,10 @@ _json_decoder = msgspec.json.Decoder(AnyRecord)
 # What the append script receives for one record: (type, rec-with-seq-0, data argument).
 # The data argument is b"" when the entry has no data field, else b"d" + payload.
 AppendArgs = tuple[str, bytes, bytes]
+
+
+_FRAME = struct.Struct(">III")
+_TAGS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in RECORD_TYPES}  # type: ignore[misc]
 
 
 class DecodeError(ValueError):
@@ -47,11 +53,23 @@ def encode_for_append(record: Record) -> AppendArgs:
     """Encode a record for the append script: seq set to 0, payload split out of the JSON text."""
     if record.seq != 0:
         record = msgspec.structs.replace(record, seq=0)
+    tag = _TAGS.get(type(record)) or tag_of(record)
     if isinstance(record, DataReceived):
         payload = record.data
         rec = _json_encoder.encode(msgspec.structs.replace(record, data=b""))
-        return tag_of(record), rec, b"d" + payload
-    return tag_of(record), _json_encoder.encode(record), b""
+        return tag, rec, b"d" + payload
+    return tag, _json_encoder.encode(record), b""
+
+
+def frame_batch(items: Iterable[AppendArgs]) -> bytes:
+    """The append script's record argument: per record a 12-byte header (three big-endian uint32 lengths of
+    type, rec and data argument) followed by those three strings."""
+    pack = _FRAME.pack
+    parts: list[bytes] = []
+    for t, rec, data in items:
+        tb = t.encode()
+        parts += (pack(len(tb), len(rec), len(data)), tb, rec, data)
+    return b"".join(parts)
 
 
 def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes:

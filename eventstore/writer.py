@@ -15,6 +15,7 @@ holds anything.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -25,10 +26,10 @@ from typing import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .codec import AppendArgs, encode_for_append
+from .codec import AppendArgs, encode_for_append, frame_batch
 from .deadletter import DeadLetters
 from .feed import FeedNotifier
 from .keys import Keys
@@ -38,6 +39,10 @@ from .spool import Spool, SpoolUnit
 log = logging.getLogger("eventstore")
 
 _APPEND_LUA = resources.files("eventstore").joinpath("append.lua").read_text()
+_APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
+# A producer appending in a tight loop never yields on its own; every this many appends, ``append`` yields
+# once so the flusher can put a round trip on the wire while the producer goes on (Redis and Python overlap).
+_YIELD_EVERY = 1024
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 
@@ -102,7 +107,6 @@ class EventWriter:
         self.max_block = max_block
         self._maxlen = stream_maxlen
         self._on_written = on_written
-        self._script = redis.register_script(_APPEND_LUA)
         self._feed = FeedNotifier(redis, self.keys)
         self._dead = DeadLetters(redis, self.keys)
         self._rooms: dict[str, _RoomQueue] = {}
@@ -110,6 +114,7 @@ class EventWriter:
         self._token_seq = 0
         # Batch tokens must never repeat, even for two writers given the same producer name.
         self._token_base = f"{self.producer}:{uuid.uuid4().hex[:8]}"
+        self._since_yield = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -168,7 +173,12 @@ class EventWriter:
             queue = self._rooms[record.room] = _RoomQueue()
         queue.items.append((args, record.epoch, time.monotonic()))
         self._pending += 1
-        self._kick()
+        self._idle.clear()
+        self._wake.set()
+        self._since_yield += 1
+        if self._since_yield >= _YIELD_EVERY:
+            self._since_yield = 0
+            await asyncio.sleep(0)
 
     @property
     def pending(self) -> int:
@@ -335,18 +345,24 @@ class EventWriter:
     async def _send(self, batches: list[_Batch]) -> list[object]:
         pipe = self._redis.pipeline(transaction=False)
         for b in batches:
-            args: list[object] = [b.epoch, -1, b.token, self._maxlen]
-            for t, rec, data in b.items:
-                args.extend((t, rec, data))
-            keys = [self.keys.events(b.room), self.keys.meta(b.room), self.keys.lease(b.room)]
-            await self._script(keys=keys, args=args, client=pipe)
+            pipe.evalsha(_APPEND_SHA, 3, self.keys.events(b.room), self.keys.meta(b.room),
+                         self.keys.lease(b.room), b.epoch, -1, b.token, self._maxlen, frame_batch(b.items))
         await self._feed.notify(pipe, [b.room for b in batches])
         replies = await pipe.execute(raise_on_error=False)
         self.stats.batches += len(batches)
         for r in replies:
             if isinstance(r, _UNREACHABLE):
                 raise r
-        return replies[: len(batches)]
+        replies = replies[: len(batches)]
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # First use, or Redis restarted: load the script and send the refused batches again (they did
+            # not run). Loading per round trip (SCRIPT EXISTS) would cost a round trip every time.
+            await self._redis.script_load(_APPEND_LUA)
+            again = await self._send([batches[i] for i in missing])
+            for i, r in zip(missing, again):
+                replies[i] = r
+        return replies
 
     def _settle(self, batch: _Batch, reply: object) -> None:
         if isinstance(reply, ResponseError) or not isinstance(reply, list):
