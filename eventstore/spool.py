@@ -1,8 +1,9 @@
 """A local append-only spool file for batches that could not reach Redis.
 
 Frame format: 4-byte big-endian payload length, 4-byte CRC-32 of the payload, then the payload (a msgpack
-:class:`SpoolUnit`). A torn last frame (the process died mid-write) is detected by its length or CRC and
-dropped with a warning; every complete frame before it is kept.
+:class:`SpoolUnit`). A torn last frame (the process died mid-write) is detected by its length or CRC when the
+spool is opened, before anything is appended after it, and dropped with a warning; every complete frame before
+it is kept.
 
 The read position is persisted in ``<path>.offset`` (written atomically with a rename) after each unit is
 confirmed in Redis, so a restarted writer resumes where it stopped. Each unit carries its batch token, and the
@@ -56,6 +57,24 @@ class Spool:
         if self._offset > self._size:
             log.warning("spool offset %d beyond file size %d; starting over", self._offset, self._size)
             self._offset = 0
+        self._drop_torn_frame()
+
+    def _drop_torn_frame(self) -> None:
+        """Cut a torn last frame (left by a crash) now: frames appended after it would be lost with it."""
+        pos = self._offset
+        with open(self.path, "rb") as f:
+            f.seek(pos)
+            while pos < self._size:
+                header = f.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    break
+                length, crc = _HEADER.unpack(header)
+                payload = f.read(length)
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    break
+                pos += _HEADER.size + length
+        if pos < self._size:
+            self._drop_torn_tail(pos)
 
     def _load_offset(self) -> int:
         try:
