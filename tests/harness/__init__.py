@@ -1,4 +1,15 @@
-"""Test harness: real redis-server, real livekit-server (sealed in a network namespace), real rtc clients.
+"""Test harness. The server, namespace and participant helpers live in ``supervisor.localstack`` (the demo uses
+them too); they are aliased here so tests can keep importing ``harness.redis_server`` and friends."""
 
-Fixtures live in :mod:`harness.fixtures` and are re-exported by ``tests/conftest.py``.
-"""
+import sys as _sys
+
+from supervisor.localstack import livekit_server, netns, participant, redis_server, util
+
+for _name, _module in {
+    "util": util,
+    "redis_server": redis_server,
+    "livekit_server": livekit_server,
+    "netns": netns,
+    "participant": participant,
+}.items():
+    _sys.modules[f"{__name__}.{_name}"] = _module
