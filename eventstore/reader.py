@@ -72,14 +72,17 @@ class RoomReader:
         return int(raw) if raw else 0
 
     async def _first_seq_from(self, key: str, ms: int) -> float:
-        """The seq of the first decodable-looking entry with id >= ``ms``-0 (infinity if none)."""
+        """The seq of the first record with id >= ``ms``-0 (infinity if none). Entries that do not decode are
+        passed over: a foreign entry's ``seq`` field could say anything and mislead the bisection."""
         start = f"{ms}-0"
         while True:
             page = await self._redis.xrange(key, min=start, count=64)
             for _, fields in page:
-                seq = _entry_seq(fields)
-                if seq is not None:
-                    return seq
+                if _entry_seq(fields) is not None:
+                    try:
+                        return decode_entry(fields).seq
+                    except DecodeError:
+                        pass
             if len(page) < 64:
                 return float("inf")
             start = _next_id(page[-1][0])
@@ -122,24 +125,46 @@ class RoomReader:
         try:
             return decode_entry(fields)
         except DecodeError as exc:
-            bad = Undecodable(room, entry_id.decode(), f"{exc.reason}: {exc.detail}", fields)
-            if self._on_undecodable is not None:
-                await self._on_undecodable(bad)
-            else:
-                log.warning("room %r: entry %s skipped: %s", room, bad.entry_id, bad.reason)
+            await self._report(room, entry_id, fields, exc)
             return None
+
+    async def _report(self, room: str, entry_id: bytes, fields: Mapping[bytes, bytes], exc: DecodeError) -> None:
+        bad = Undecodable(room, entry_id.decode(), f"{exc.reason}: {exc.detail}", fields)
+        if self._on_undecodable is not None:
+            await self._on_undecodable(bad)
+        else:
+            log.warning("room %r: entry %s skipped: %s", room, bad.entry_id, bad.reason)
+
+    async def _scan(self, room: str, since: int, until: int | None,
+                    count: int) -> AsyncIterator[tuple[bytes, AnyRecord | None]]:
+        """Every entry from the position after ``since`` as (entry id, record), the record being None unless
+        ``since < seq <= until``. Undecodable entries after record ``since`` (and up to record ``until``) go to
+        ``on_undecodable``; the range is decided on decoded records only, never on a foreign entry's fields."""
+        if until is not None and until <= since:
+            return
+        start = await self.position_after(room, since)
+        in_range = since <= 0
+        async for entry_id, fields in self.entries(room, start, count=count):
+            try:
+                record = decode_entry(fields)
+            except DecodeError as exc:
+                if in_range:
+                    await self._report(room, entry_id, fields, exc)
+                yield entry_id, None
+                continue
+            if record.seq <= since:
+                in_range = record.seq == since
+                yield entry_id, None
+                continue
+            in_range = True
+            yield entry_id, record
+            if until is not None and record.seq >= until:
+                return
 
     async def iter_room(self, room: str, since: int = 0, *, until: int | None = None,
                         count: int = 1000) -> AsyncIterator[AnyRecord]:
         """Records of ``room`` with ``since < seq <= until``, in order."""
-        start = await self.position_after(room, since)
-        async for entry_id, fields in self.entries(room, start, count=count):
-            seq = _entry_seq(fields)
-            if seq is not None and seq <= since:
-                continue
-            if until is not None and seq is not None and seq > until:
-                return
-            record = await self.decode(room, entry_id, fields)
+        async for _, record in self._scan(room, since, until, count):
             if record is not None:
                 yield record
 
@@ -151,14 +176,15 @@ class RoomReader:
         """Records of ``room`` after ``since``, then live ones as they come; a :class:`CaughtUp` each time the
         reader has delivered everything written so far. Runs until the caller stops iterating."""
         key = self.keys.events(room)
+        # Live reading starts after the last entry the backlog scan saw (not at the stream's tail, which may
+        # already hold entries appended after the scan ended).
         last_id = "0-0"
         seq = since
-        async for record in self.iter_room(room, since):
-            seq = record.seq
-            yield record
-        tail = await self._redis.xrevrange(key, count=1)
-        if tail:
-            last_id = tail[0][0].decode()
+        async for entry_id, record in self._scan(room, since, None, count):
+            last_id = entry_id.decode()
+            if record is not None:
+                seq = record.seq
+                yield record
         yield CaughtUp(room, seq)
         while True:
             reply = await self._redis.xread({key: last_id}, block=block_ms, count=count)
