@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run everything on an embedded local stack with a simulated caller")
     p.add_argument("--workdir", metavar="DIR", help="where servers keep their files (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir afterwards")
+    p.add_argument("--no-hold", action="store_true",
+                   help="stop at once after the report (default when not on a terminal)")
     p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
