@@ -6,7 +6,20 @@ LIVEKIT_DIR := $(RS_CACHE_DIR)/livekit-$(LIVEKIT_VERSION)
 LIVEKIT_BIN := $(LIVEKIT_DIR)/server
 PYTEST_ARGS ?=
 
-.PHONY: test smoke livekit-server
+.PHONY: test demo install smoke livekit-server bench
+
+## Install what is missing, then run the demo on an embedded local stack (Ctrl-C stops everything).
+demo: install
+	$(PYTHON) -m supervisor.cli demo
+
+## Install system packages, the livekit-server build and the Python package (skips what is there).
+install:
+	bash .ci/install
+
+## Benchmarks: JSON on stdout, each compared with a baseline measured in the same run.
+bench:
+	$(PYTHON) bench/append.py
+	$(PYTHON) bench/replay.py
 
 ## Full test suite (real redis-server and livekit-server, started by the harness).
 test:
