@@ -26,7 +26,8 @@ from typing import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .codec import AppendArgs, encode_for_append, frame_batch
@@ -40,10 +41,17 @@ log = logging.getLogger("eventstore")
 
 _APPEND_LUA = resources.files("eventstore").joinpath("append.lua").read_text()
 _APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
-# A producer appending in a tight loop never yields on its own; every this many appends, ``append`` yields
-# once so the flusher can put a round trip on the wire while the producer goes on (Redis and Python overlap).
+# ``append`` yields at every this many pending records: lets the flusher send while a tight producer loop goes on.
 _YIELD_EVERY = 1024
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+# Refusals that describe the server's state, not the records (memory full, read-only replica, busy script,
+# failing persistence): waited out like an outage, never sent to dead letters. MASTERDOWN is a ClusterDownError.
+_REFUSED = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
+_BUSY_CODES = ("BUSY ", "MISCONF ", "NOREPLICAS ")
+
+
+def _refused(reply: object) -> bool:
+    return isinstance(reply, _REFUSED) or (isinstance(reply, ResponseError) and str(reply).startswith(_BUSY_CODES))
 
 
 class WriterClosed(RuntimeError):
@@ -114,7 +122,6 @@ class EventWriter:
         self._token_seq = 0
         # Batch tokens must never repeat, even for two writers given the same producer name.
         self._token_base = f"{self.producer}:{uuid.uuid4().hex[:8]}"
-        self._since_yield = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -173,11 +180,8 @@ class EventWriter:
             queue = self._rooms[record.room] = _RoomQueue()
         queue.items.append((args, record.epoch, time.monotonic()))
         self._pending += 1
-        self._idle.clear()
-        self._wake.set()
-        self._since_yield += 1
-        if self._since_yield >= _YIELD_EVERY:
-            self._since_yield = 0
+        self._kick()
+        if self._pending % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
 
     @property
@@ -206,7 +210,11 @@ class EventWriter:
         self._closing = True
         self._kick()
         if self._task is not None:
-            await self.flush(timeout)
+            # Wait until flushed, or until the flusher gives up (it stops at the first failure once closing).
+            idle = asyncio.ensure_future(self._idle.wait())
+            await asyncio.wait({idle, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
             self._task.cancel()
             try:
                 await self._task
@@ -288,9 +296,13 @@ class EventWriter:
                         log.info("Redis reachable again; writer resumes")
                     self.redis_ok = True
                     backoff = 0.05
-                except _UNREACHABLE as exc:
-                    if self.redis_ok:
-                        log.warning("Redis unreachable (%s); %d records wait", exc, self._pending)
+                except Exception as exc:  # noqa: BLE001 - the flusher must outlive any failure, or records stall
+                    if isinstance(exc, _UNREACHABLE) or _refused(exc):
+                        if self.redis_ok:
+                            log.warning("Redis unreachable or refusing writes (%s); %d records wait", exc,
+                                        self._pending)
+                    else:
+                        log.exception("writer: flush failed; %d records wait", self._pending)
                     self.redis_ok = False
                     self.stats.errors += 1
                     if self._closing:
@@ -351,13 +363,12 @@ class EventWriter:
         replies = await pipe.execute(raise_on_error=False)
         self.stats.batches += len(batches)
         for r in replies:
-            if isinstance(r, _UNREACHABLE):
-                raise r
+            if isinstance(r, _UNREACHABLE) or _refused(r):
+                raise r  # nothing is settled: the same batches (same tokens) are sent again later
         replies = replies[: len(batches)]
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
-            # First use, or Redis restarted: load the script and send the refused batches again (they did
-            # not run). Loading per round trip (SCRIPT EXISTS) would cost a round trip every time.
+            # First use, or Redis restarted (cheaper than SCRIPT EXISTS per round trip); they did not run.
             await self._redis.script_load(_APPEND_LUA)
             again = await self._send([batches[i] for i in missing])
             for i, r in zip(missing, again):
