@@ -11,7 +11,14 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore.codec import DecodeError, decode_entry, decode_record, encode_for_append, encode_record, frame_batch
+from eventstore.codec import (
+    DecodeError,
+    decode_entry,
+    decode_record,
+    encode_for_append,
+    encode_record,
+    frame_batch,
+)
 from eventstore.keys import Keys
 from eventstore.records import RECORD_TYPES, TAGS, DataReceived, Record, tag_of
 from eventstore.writer import _APPEND_LUA

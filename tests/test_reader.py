@@ -41,8 +41,8 @@ async def write(r, room: str, n: int, start: int = 0) -> None:
 async def xadd_record(r, room: str, seq: int, entry_id: str) -> None:
     """An entry exactly as the append script writes it, but at a chosen entry id."""
     record = msgspec.structs.replace(rec(room, seq), seq=seq)
-    await r.xadd(KEYS.events(room), {"type": "participant_connected", "seq": str(seq), "rec": encode_record(record)},
-                 id=entry_id)
+    fields = {"type": "participant_connected", "seq": str(seq), "rec": encode_record(record)}
+    await r.xadd(KEYS.events(room), fields, id=entry_id)
 
 
 def garbage(room: str) -> list[tuple[dict, str]]:

@@ -198,7 +198,8 @@ async def test_writer_keeps_appending_after_a_foreign_entry(r):
 
 async def test_batches_respect_max_batch_and_epoch_changes(r):
     written = []
-    writer = EventWriter(r, max_batch=4, on_written=lambda room, n, first, last, age: written.append((n, first, last)))
+    writer = EventWriter(r, max_batch=4,
+                         on_written=lambda room, n, first, last, age: written.append((n, first, last)))
     for n in range(10):
         await writer.append(rec("mb", n=n, epoch=1 if n < 6 else 2))
     await writer.start()
