@@ -80,3 +80,11 @@ def raising(transport: Any, spec: Any) -> list[FrameProcessor]:
 
 def broken_factory(transport: Any, spec: Any) -> list[FrameProcessor]:
     raise ValueError("this factory cannot build a pipeline")
+
+
+def listen_probe(transport: Any, spec: Any) -> list[FrameProcessor]:
+    """The built-in ``listen`` pipeline, with the transport made reachable for the test."""
+    from transport.pipelines import listen
+
+    TRANSPORTS[spec.room] = transport
+    return listen(transport, spec)

@@ -124,3 +124,31 @@ async def test_broken_factory_and_unknown_pipeline_are_recorded(make_bot):
     types = await bot.types()
     assert types.count("session_started") == 2 and types.count("session_ended") == 2
     assert "connected" not in types
+
+
+async def test_listen_pipeline_keeps_no_audio_queued(make_bot, participant_factory):
+    bot = await make_bot("tests.pipelines:listen_probe")
+    alice = await participant_factory("alice")
+    await alice.publish_tone()
+    await bot.wait_for("audio_track_subscribed", participant_id="alice")
+    client = test_pipelines.TRANSPORTS[bot.room]._client
+    # ~3 s of 10 ms frames arrive; a pipeline that did not consume them would queue ~300.
+    deadline = asyncio.get_running_loop().time() + 3
+    peak = 0
+    while asyncio.get_running_loop().time() < deadline:
+        peak = max(peak, client._audio_queue.qsize())
+        await asyncio.sleep(0.05)
+    assert peak < 50, f"listen let {peak} audio frames pile up"
+
+
+async def test_garbage_data_messages_are_recorded_byte_exact(make_bot, participant_factory):
+    bot = await make_bot()
+    alice = await participant_factory("alice")
+    await bot.wait_for("participant_connected", participant_id="alice")
+    payloads = [b"\xff\xfe\x00invalid utf-8 \xc3", bytes(range(256)) * 56, "ünïcødé ✓ {}:*".encode(),
+                b"\x00"]
+    for i, payload in enumerate(payloads):
+        await alice.send_bytes(payload, topic=f"t{i} {{weird}}:*")
+    records = await bot.wait_for("data_received", count=len(payloads), timeout=20)
+    assert [r.data for r in records] == payloads
+    assert [r.topic for r in records] == [f"t{i} {{weird}}:*" for i in range(len(payloads))]
