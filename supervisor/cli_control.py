@@ -1,0 +1,183 @@
+"""CLI commands that change or show desired state: ``join``, ``leave``, ``rooms``. They talk to Redis only."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import time
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from eventstore.connection import connect
+from eventstore.consumer import materialized
+from eventstore.keys import InvalidKeyPart, Keys
+
+from .control import Control, DesiredRoom, JoinResult
+from .errors import CommandError
+from .heartbeat import Heartbeat, read_heartbeats
+from .rooms import check_room_name
+from .settings import Settings
+
+log = logging.getLogger("supervisor")
+
+# The projections whose materialized state ``rooms`` shows, if they exist (written by consumers).
+PROJECTIONS = {
+    "participants": "eventstore.projections.participants:PARTICIPANTS",
+    "call-state": "eventstore.projections.callstate:CALL_STATE",
+}
+KNOWN_ROOMS_SHOWN = 1000
+
+
+# transport.pipelines.BUILTIN, named here so that the CLI does not import pipecat (a second of start-up and a
+# banner on stderr) only to check a name; test_cli_garbage checks that both agree.
+BUILTIN_PIPELINES = ("echo", "listen")
+
+
+def check_pipeline(name: str) -> str:
+    """Syntax check of a pipeline name (built-in, or ``module:function``) before it goes to desired state.
+    Whether the module imports is found out by the daemon (the room is then marked failed)."""
+    if name in BUILTIN_PIPELINES:
+        return name
+    module, sep, func = name.partition(":")
+    if not sep or not func.isidentifier() or not module or not all(p.isidentifier() for p in module.split(".")):
+        raise CommandError(f"unknown pipeline {name!r}: use one of {', '.join(BUILTIN_PIPELINES)} or "
+                           "module:function", 2)
+    return name
+
+
+def keys_of(settings: Settings) -> Keys:
+    """The key layout for ``settings``; a prefix Redis keys cannot carry is a usage error."""
+    try:
+        return Keys(settings.redis.prefix)
+    except InvalidKeyPart as exc:
+        raise CommandError(f"configuration error: redis.prefix: {exc}", 2) from None
+
+
+def _unreachable(settings: Settings, exc: Exception) -> CommandError:
+    where = settings.redis.url.rsplit("@", 1)[-1]
+    return CommandError(f"cannot reach Redis at {where}: {exc}")
+
+
+async def cmd_join(args: argparse.Namespace, settings: Settings) -> int:
+    room = check_room_name(args.room)
+    pipeline = check_pipeline(args.pipeline or settings.daemon.default_pipeline)
+    keys = keys_of(settings)
+    redis = connect(settings.redis.url)
+    try:
+        result = await Control(redis, keys).join(room, pipeline)
+    except (RedisError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
+    finally:
+        await redis.aclose()
+    said = {
+        JoinResult.ADDED: "will be joined", JoinResult.UNCHANGED: "was already desired; nothing changed",
+        JoinResult.UPDATED: "pipeline changed; its session restarts", JoinResult.RESET: "was failed; tried again",
+    }[result]
+    print(f"{room}: {said} (pipeline {pipeline})")
+    return 0
+
+
+async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
+    room = check_room_name(args.room)
+    keys = keys_of(settings)
+    redis = connect(settings.redis.url)
+    try:
+        was = await Control(redis, keys).leave(room)
+    except (RedisError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
+    finally:
+        await redis.aclose()
+    print(f"{room}: {'will be left' if was else 'was not desired; nothing changed'}")
+    return 0
+
+
+def _projection(name: str) -> Any | None:
+    """A built-in projection, or None when its module is not there (consumers are optional)."""
+    module, _, attr = PROJECTIONS[name].partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+async def _room_states(redis: Any, keys: Keys, room: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in PROJECTIONS:
+        projection = _projection(name)
+        if projection is None:
+            continue
+        try:
+            state, seq = await materialized(redis, room, projection, keys=keys)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            out[name] = {"error": f"unreadable state: {exc}"}
+            continue
+        if seq:
+            out[name] = _summary(name, msgspec.to_builtins(state), seq)
+    return out
+
+
+def _summary(name: str, state: dict[str, Any], seq: int) -> dict[str, Any]:
+    if name == "participants":
+        present = state.get("present") or {}
+        return {"seq": seq, "present": sorted(present) if isinstance(present, dict) else present}
+    return {"seq": seq, "state": state.get("state", ""), "phase": state.get("phase", "")}
+
+
+async def gather_rooms(redis: Any, keys: Keys) -> dict[str, dict[str, Any]]:
+    """room -> what is known about it: desired entry, which daemon holds it and how, materialized states."""
+    desired = await Control(redis, keys).desired()
+    beats: list[Heartbeat] = await read_heartbeats(redis, keys)
+    known = await redis.zrange(keys.rooms(), 0, KNOWN_ROOMS_SHOWN - 1)
+    rooms: dict[str, dict[str, Any]] = {}
+    for raw in known:
+        rooms.setdefault(raw.decode("utf-8", "replace"), {})
+    for name, entry in desired.rooms.items():
+        rooms.setdefault(name, {})["desired"] = msgspec.to_builtins(entry)
+    for name in desired.unreadable:
+        rooms.setdefault(name, {})["desired"] = {"error": "unreadable desired-state entry"}
+    for beat in beats:
+        for name, view in beat.rooms.items():
+            rooms.setdefault(name, {})["session"] = {"daemon": beat.id, **view}
+    for name, info in rooms.items():
+        info.update(await _room_states(redis, keys, name))
+    return dict(sorted(rooms.items()))
+
+
+def _line(name: str, info: dict[str, Any]) -> str:
+    desired: dict[str, Any] = info.get("desired") or {}
+    session: dict[str, Any] = info.get("session") or {}
+    want = "failed" if desired.get("failed") else ("desired" if desired else "-")
+    held = f"{session.get('state', '')}@{session.get('daemon', '')}" if session else "-"
+    people = info.get("participants", {}).get("present")
+    call = info.get("call-state", {})
+    call_text = f"{call.get('state', '')}/{call.get('phase', '')}" if call.get("state") else "-"
+    pipeline = desired.get("pipeline") or session.get("pipeline") or "-"
+    people_text = ",".join(people) if people else ("0" if people == [] else "-")
+    return f"{name!r:<32} {want:<8} {pipeline:<16} {held:<28} {call_text:<20} {people_text}"
+
+
+async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
+    keys = keys_of(settings)
+    redis = connect(settings.redis.url)
+    try:
+        rooms = await gather_rooms(redis, keys)
+    except (RedisError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
+    finally:
+        await redis.aclose()
+    if args.json:
+        print(json.dumps({"at": time.time(), "rooms": rooms}, ensure_ascii=False))
+        return 0
+    print(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} PEOPLE")
+    for name, info in rooms.items():
+        print(_line(name, info))
+    if not rooms:
+        print("(no rooms)")
+    return 0
+
+
+__all__ = ["cmd_join", "cmd_leave", "cmd_rooms", "gather_rooms", "check_pipeline", "DesiredRoom"]

@@ -1,0 +1,161 @@
+"""Desired state and control commands: which rooms the daemons should be in, with which pipeline.
+
+``rs:desired`` is a hash ``room -> JSON {pipeline, since, failed}``; it is the only thing ``join``/``leave``
+change, and every daemon reconciles towards it. ``rs:control`` is a short stream of commands (``join``,
+``leave``) that wakes daemons at once instead of at their next reconcile tick; losing one costs only that
+delay, since the hash is the state.
+
+- ``join`` is idempotent: joining a desired room with the same pipeline changes nothing; with another
+  pipeline it updates the entry (the daemon restarts the room's session with it); joining a room marked
+  failed clears the mark (a person asked again).
+- ``leave`` is idempotent: leaving a room that is not desired changes nothing.
+- A daemon removes a room whose call ended (room closed or deleted, bot removed) and marks a room failed when
+  its restart budget is spent, both with compare-and-set so that a ``join`` made meanwhile wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import msgspec
+import redis.asyncio as aioredis
+
+from eventstore.keys import Keys
+
+log = logging.getLogger("supervisor")
+
+CONTROL_MAXLEN = 1000
+
+# KEYS[1] hash; ARGV: field, expected value ('' = must be absent), new value ('' = delete). Reply 1 done, 0 not.
+_CAS_FIELD = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1
+"""
+
+
+class DesiredRoom(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One desired room. ``since`` is when this desire began (Unix seconds); ``failed`` is non-empty when a
+    daemon gave up on the room (restart budget spent), with why."""
+
+    pipeline: str
+    since: float
+    failed: str = ""
+
+
+class JoinResult(str, Enum):
+    ADDED = "added"
+    UNCHANGED = "unchanged"
+    UPDATED = "updated"  # another pipeline
+    RESET = "reset"  # was failed, will be tried again
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(DesiredRoom).decode
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    rooms: dict[str, DesiredRoom]
+    raw: dict[str, bytes]  # the JSON each entry was read as, for compare-and-set
+    unreadable: list[str]  # entries that are not desired-room JSON (written by hand?), skipped
+
+
+class Control:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self.keys = keys
+        self._cas = redis.register_script(_CAS_FIELD)
+
+    async def _announce(self, command: str, room: str, pipeline: str = "") -> None:
+        fields = {"cmd": command, "room": room.encode("utf-8"), "pipeline": pipeline, "ts": f"{time.time():.3f}"}
+        await self._redis.xadd(self.keys.control(), fields, maxlen=CONTROL_MAXLEN, approximate=True)
+
+    async def join(self, room: str, pipeline: str) -> JoinResult:
+        """Make ``room`` desired with ``pipeline``; idempotent."""
+        key = self.keys.desired()
+        name = room.encode("utf-8")
+        while True:
+            raw = await self._redis.hget(key, name)
+            current = _safe_decode(raw)
+            if current is not None and current.pipeline == pipeline and not current.failed:
+                return JoinResult.UNCHANGED
+            entry = DesiredRoom(pipeline=pipeline, since=time.time())
+            if await self._cas(keys=[key], args=[name, raw or b"", _encode(entry)]):
+                break
+        result = JoinResult.ADDED
+        if current is not None:
+            result = JoinResult.RESET if current.failed and current.pipeline == pipeline else JoinResult.UPDATED
+        await self._announce("join", room, pipeline)
+        return result
+
+    async def leave(self, room: str) -> bool:
+        """Make ``room`` not desired. Returns whether it was."""
+        removed = bool(await self._redis.hdel(self.keys.desired(), room.encode("utf-8")))
+        if removed:
+            await self._announce("leave", room)
+        return removed
+
+    async def get(self, room: str) -> DesiredRoom | None:
+        return _safe_decode(await self._redis.hget(self.keys.desired(), room.encode("utf-8")))
+
+    async def desired(self) -> DesiredState:
+        raw = await self._redis.hgetall(self.keys.desired())
+        rooms: dict[str, DesiredRoom] = {}
+        raws: dict[str, bytes] = {}
+        unreadable: list[str] = []
+        for field, value in raw.items():
+            name = _text(field)
+            entry = _safe_decode(value)
+            if entry is None or not name:
+                unreadable.append(name)
+                continue
+            rooms[name] = entry
+            raws[name] = value
+        return DesiredState(rooms, raws, unreadable)
+
+    async def end_room(self, room: str, seen: DesiredRoom) -> bool:
+        """The room's call is over: remove it from desired state, unless someone changed it since ``seen``."""
+        return await self._replace(room, seen, None)
+
+    async def mark_failed(self, room: str, seen: DesiredRoom, why: str) -> bool:
+        """Give up on ``room`` (until the next ``join``), unless someone changed it since ``seen``."""
+        failed = msgspec.structs.replace(seen, failed=why[:500] or "failed")
+        return await self._replace(room, seen, failed)
+
+    async def _replace(self, room: str, seen: DesiredRoom, new: DesiredRoom | None) -> bool:
+        key = self.keys.desired()
+        name = room.encode("utf-8")
+        raw = await self._redis.hget(key, name)
+        if raw is None or _safe_decode(raw) != seen:
+            return False
+        return bool(await self._cas(keys=[key], args=[name, raw, _encode(new) if new is not None else b""]))
+
+    async def last_command_id(self) -> bytes:
+        last = await self._redis.xrevrange(self.keys.control(), count=1)
+        return last[0][0] if last else b"0-0"
+
+    async def wait_command(self, after: bytes, block_ms: int) -> bytes:
+        """Block up to ``block_ms`` for commands after ``after``; returns the id to continue from."""
+        reply = await self._redis.xread({self.keys.control(): after}, count=100, block=block_ms)
+        if reply:
+            return reply[0][1][-1][0]
+        return after
+
+
+def _safe_decode(raw: bytes | None) -> DesiredRoom | None:
+    if raw is None:
+        return None
+    try:
+        entry = _decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return entry if entry.pipeline else None

@@ -1,0 +1,385 @@
+"""The daemon: reconciles desired rooms into room sessions, one uvloop process for many rooms.
+
+Life of a daemon (``room-supervisor serve``):
+
+1. lock its spool, replay spools of daemons that are gone, start the EventWriter and the HTTP endpoint;
+2. wait until Redis and LiveKit answer, then ``READY=1``;
+3. reconcile every ``reconcile_interval`` seconds, and at once when a control command arrives: stop sessions
+   of rooms no longer desired, restart those whose pipeline changed, claim leases of desired rooms nobody
+   holds (up to ``max_rooms``) and start a RoomSession for each; heartbeat its state to ``rs:daemon:<id>``;
+4. on the first SIGTERM, drain: ``STOPPING=1``, every session leaves gracefully (``on_before_disconnect``),
+   leases are released, the writer flushes, all within ``drain_timeout``; exit 0 if everything ended in time.
+   A second SIGTERM, or SIGINT, cuts the drain short. SIGHUP reloads the settings.
+
+Signal handlers only set state; all work happens in tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from typing import Callable
+
+from livekit import api as lkapi
+from redis.exceptions import RedisError
+
+from eventstore.connection import connect
+from eventstore.feed import load_partitions
+from eventstore.keys import Keys
+from eventstore.spool import Spool
+from eventstore.writer import EventWriter
+
+from .control import Control
+from .errors import CommandError
+from .heartbeat import Heartbeat, delete_heartbeat, write_heartbeat
+from .http import HttpEndpoint
+from .leases import Leases
+from .runtime_settings import reloadable, set_level
+from .metrics import DaemonMetrics
+from .notify import Notifier
+from .probes import LoopMonitor, Probes
+from .reconcile import Reconciler
+from .registry import SessionRegistry
+from .session import STATES, RoomSession, SessionContext, SessionRunner
+from .settings import Settings, SettingsError
+from .spoolfiles import SpoolUnavailable, own_spool, replay_orphans
+
+log = logging.getLogger("supervisor")
+
+_REDIS_TROUBLE = (RedisError, OSError, asyncio.TimeoutError)
+EXIT_DRAINED, EXIT_NOT_DRAINED = 0, 1
+
+
+class DaemonStartError(CommandError):
+    """The daemon cannot start (spool, HTTP port, ...); the message says why."""
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, reload: Callable[[], Settings] | None = None,
+                 run_session: SessionRunner | None = None, burst: bool = False,
+                 environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.id = settings.daemon.id or f"{socket.gethostname()}-{os.getpid()}"
+        self.instance = uuid.uuid4().hex[:12]
+        self.keys = Keys(settings.redis.prefix)
+        self.metrics = DaemonMetrics()
+        self.notifier = Notifier(environ)
+        self.registry: SessionRegistry[RoomSession] = SessionRegistry()
+        self.state = "starting"
+        self.burst = burst
+        self.drain_requested = asyncio.Event()
+        self.force_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self._reload = reload
+        self._run_session = run_session
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = time.time()
+        self._closed = False
+        self._last_status = ""
+        self._spool_lock = None
+        self.redis = connect(settings.redis.url)
+        self.control = Control(self.redis, self.keys)
+        self.leases = Leases(self.redis, self.keys, f"{self.id}/{self.instance}", settings.daemon.lease_ttl)
+        self.writer: EventWriter | None = None
+        self.http: HttpEndpoint | None = None
+        self.livekit: lkapi.LiveKitAPI | None = None
+        self.monitor = LoopMonitor()
+        self.probes: Probes | None = None
+        self.reconciler = Reconciler(self.id, self.control, self.leases, self.registry, lambda: self.settings,
+                                     self._context, self.drain_requested.is_set)
+
+    # --- signals: they only set state ------------------------------------------------------------------------
+
+    def request_drain(self) -> None:
+        if self.drain_requested.is_set():
+            self.force_requested.set()
+        self.drain_requested.set()
+
+    def request_force(self) -> None:
+        self.force_requested.set()
+        self.drain_requested.set()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.request_drain)
+        loop.add_signal_handler(signal.SIGINT, self.request_force)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    # --- life ------------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until drained; returns the exit code (0: every session ended within the drain bound)."""
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        try:
+            await self._start()
+            if await self._wait_until_ready():
+                self.state = "ready"
+                self.notifier.ready(await self._status())
+                log.info("daemon %s ready (instance %s)", self.id, self.instance)
+                for coro, name in ((self._reconcile_loop(), "reconcile"),
+                                   (self.reconciler.watch_commands(self._wake), "control")):
+                    self._tasks.append(loop.create_task(coro, name=name))
+                await self.drain_requested.wait()
+            return EXIT_DRAINED if await self.drain() else EXIT_NOT_DRAINED
+        finally:
+            self._remove_signals(loop)
+            await self.aclose()
+
+    async def _start(self) -> None:
+        s = self.settings
+        from transport.session import run_session
+
+        self._run_session = self._run_session or run_session
+        self.monitor.start()
+        try:
+            spool_path, self._spool_lock = own_spool(s.writer.spool_dir, self.id)
+            spool = Spool(spool_path, max_bytes=s.writer.spool_max_bytes, fsync=s.writer.spool_fsync)
+        except (SpoolUnavailable, OSError) as exc:
+            raise DaemonStartError(str(exc)) from None
+        self.writer = EventWriter(
+            self.redis, keys=self.keys, producer=self.id, spool=spool, max_batch=s.writer.max_batch,
+            max_pending=s.writer.max_pending, max_block=s.writer.max_block, stream_maxlen=s.redis.stream_maxlen,
+            on_written=self.metrics.on_written,
+        )
+        self.metrics.watch_writer(lambda: self.writer.pending, lambda: self.writer.spooled_bytes)  # type: ignore[union-attr]
+        self.livekit = lkapi.LiveKitAPI(s.livekit.url, s.livekit.api_key, s.livekit.api_secret, failover=False)
+        self.probes = Probes(self.redis, self.livekit, self.monitor)
+        if s.daemon.http_port:
+            self.http = HttpEndpoint(s.daemon.http_host, s.daemon.http_port, self.probes.health, self.metrics.render)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise DaemonStartError(f"cannot listen on {s.daemon.http_host}:{s.daemon.http_port}: {exc}") from None
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._tasks.append(loop.create_task(self._watchdog_loop(), name="watchdog"))
+        self._tasks.append(loop.create_task(self._reload_loop(), name="reload"))
+        self._spool_path = spool_path
+
+    async def _wait_until_ready(self) -> bool:
+        """Wait until Redis and LiveKit answer (False if a drain was asked for first)."""
+        assert self.probes is not None and self.writer is not None
+        said = ""
+        while not self.drain_requested.is_set():
+            problems = await self.probes.dependencies()
+            if not problems:
+                await self._prepare_redis()
+                return True
+            text = "waiting: " + "; ".join(problems)
+            if text != said:
+                log.warning("daemon %s %s", self.id, text)
+                self.notifier.status(text[:200])
+                said = text
+            await self._sleep_unless(self.drain_requested, 1.0)
+        return False
+
+    async def _prepare_redis(self) -> None:
+        s = self.settings
+        assert self.writer is not None
+        await load_partitions(self.redis, self.keys, s.redis.partitions)
+        replayed = await replay_orphans(self.redis, self.keys, s.writer.spool_dir, self._spool_path)
+        if replayed:
+            log.info("daemon %s: %d records from spools of gone daemons are in Redis", self.id, replayed)
+        await self.writer.start()
+
+    async def drain(self) -> bool:
+        """Stop every session gracefully, release leases, flush the writer, within ``drain_timeout``.
+        True if everything ended in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.daemon.drain_timeout
+        self.state = "draining"
+        sessions = await self.registry.sessions()
+        self.notifier.stopping(f"draining {len(sessions)} rooms")
+        log.info("daemon %s draining %d rooms (bound %.1fs)", self.id, len(sessions), self.settings.daemon.drain_timeout)
+        await self._cancel_tasks(lambda t: t.get_name() in ("reconcile", "control"))
+        for session in sessions.values():
+            session.request_stop("drained")
+        reserve = min(2.0, self.settings.daemon.drain_timeout * 0.2)
+        left = await self._wait_sessions(sessions.values(), deadline - reserve)
+        if left:
+            log.error("daemon %s: %d sessions did not end in time; cancelled", self.id, len(left))
+            await self._cancel_sessions(left)
+        budget = 1.0 if self.force_requested.is_set() else max(0.1, deadline - loop.time())
+        flushed = self.writer is None or await self.writer.flush(budget)
+        if not flushed:
+            log.error("daemon %s: writer not flushed in time; the rest goes to the spool", self.id)
+        log.info("daemon %s drained (clean=%s)", self.id, not left and flushed)
+        return not left and flushed
+
+    async def _wait_sessions(self, sessions, until: float) -> list[RoomSession]:
+        loop = asyncio.get_running_loop()
+        tasks = {s.task: s for s in sessions if s.task is not None}
+        forced = loop.create_task(self.force_requested.wait())
+        try:
+            pending = set(tasks)
+            while pending and not self.force_requested.is_set() and loop.time() < until:
+                _, pending = await asyncio.wait(pending | {forced}, timeout=until - loop.time(),
+                                                return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(forced)
+        finally:
+            forced.cancel()
+            await asyncio.gather(forced, return_exceptions=True)
+        return [tasks[t] for t in pending]
+
+    async def _cancel_sessions(self, sessions) -> None:
+        tasks = [s.task for s in sessions if s.task is not None and not s.task.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def aclose(self) -> None:
+        """Release everything. Safe to call twice, and after a failed start."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._cancel_sessions((await self.registry.sessions()).values())
+        await self._cancel_tasks(lambda t: True)
+        if self.monitor.task is not None:
+            self.monitor.task.cancel()
+            await asyncio.gather(self.monitor.task, return_exceptions=True)
+        if self.writer is not None:
+            await self.writer.aclose(timeout=2.0)
+        try:
+            await asyncio.wait_for(delete_heartbeat(self.redis, self.keys, self.id, self.instance), 2)
+        except _REDIS_TROUBLE:
+            pass
+        if self.http is not None:
+            await self.http.aclose()
+        if self.livekit is not None:
+            await self.livekit.aclose()
+        await self.redis.aclose()
+        self.notifier.close()
+        if self._spool_lock is not None:
+            self._spool_lock.release()
+
+    async def _cancel_tasks(self, which: Callable[[asyncio.Task[None]], bool]) -> None:
+        chosen = [t for t in self._tasks if which(t)]
+        for t in chosen:
+            t.cancel()
+        await asyncio.gather(*chosen, return_exceptions=True)
+        self._tasks = [t for t in self._tasks if t not in chosen]
+
+    # --- reconcile -------------------------------------------------------------------------------------------
+
+    def _context(self) -> SessionContext:
+        assert self.writer is not None and self._run_session is not None
+        return SessionContext(self.writer, self.leases, self.control, self.registry, self.metrics, self.id,
+                              lambda: self.settings, self._run_session)
+
+    async def _reconcile_loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.reconcile_once()
+                if failing:
+                    log.info("daemon %s: Redis answers again; reconciling", self.id)
+                failing = False
+            except _REDIS_TROUBLE as exc:
+                self.metrics.errors.labels("redis").inc()
+                if not failing:
+                    log.warning("daemon %s: reconcile failed (%r); retrying", self.id, exc)
+                failing = True
+            self._wake.clear()
+            await self._sleep_unless(self._wake, self.settings.daemon.reconcile_interval)
+
+    async def reconcile_once(self) -> None:
+        desired = await self.reconciler.once()
+        self.metrics.rooms_desired.set(len(desired.rooms))
+        self.metrics.rooms_failed.set(sum(1 for d in desired.rooms.values() if d.failed))
+        self.metrics.set_sessions(await self.registry.count_by_state(STATES))
+        status = await self._status()
+        if status != self._last_status:  # systemd needs no repeats, and a full socket drops messages
+            self._last_status = status
+            self.notifier.status(status)
+        if self.burst and not desired.rooms and not await self.registry.count():
+            log.info("daemon %s: no desired room left (--burst); draining", self.id)
+            self.drain_requested.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            self._apply_reload()
+
+    def _apply_reload(self) -> None:
+        if self._reload is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = self._reload()
+        except SettingsError as exc:
+            log.error("daemon %s: reload refused, keeping the old settings: %s", self.id, exc)
+            self.notifier.ready()
+            return
+        self.settings, later = reloadable(self.settings, new)
+        if later:
+            log.warning("daemon %s: changes to %s take effect after a restart", self.id, ", ".join(later))
+        self.leases.ttl = self.settings.daemon.lease_ttl
+        set_level(self.settings.daemon.log_level.upper())
+        log.info("daemon %s: settings reloaded", self.id)
+        self.notifier.ready()
+        self._wake.set()
+
+    # --- heartbeat, watchdog, status -------------------------------------------------------------------------
+
+    async def _status(self) -> str:
+        counts = await self.registry.count_by_state()
+        running = counts.get("running", 0)
+        other = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != "running" and n)
+        return f"{self.state}: {running} rooms running" + (f", {other}" if other else "")
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.5, min(5.0, self.settings.daemon.lease_ttl / 3))
+        while True:
+            beat = Heartbeat(
+                id=self.id, instance=self.instance, host=socket.gethostname(), pid=os.getpid(), state=self.state,
+                started=self._started, updated=time.time(), max_rooms=self.settings.daemon.max_rooms,
+                redis_ok=bool(self.probes and self.probes.redis_ok),
+                livekit_ok=bool(self.probes and self.probes.livekit_ok), rooms=await self.registry.views(),
+            )
+            try:
+                await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)
+            except _REDIS_TROUBLE:
+                pass
+            await asyncio.sleep(interval)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.settings.daemon.watchdog_interval or self.notifier.watchdog_interval
+        if not interval:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """``room-supervisor serve``."""
+    from .cli import settings_from
+    from .cli_control import keys_of
+
+    level = "DEBUG" if getattr(args, "verbose", False) else settings.daemon.log_level.upper()
+    set_level(level)
+    log.info("settings: %r", settings)
+    keys_of(settings)
+    daemon = Daemon(settings, reload=lambda: settings_from(args), burst=getattr(args, "burst", False))
+    return await daemon.run()
+

@@ -1,0 +1,305 @@
+"""RoomSession: everything one daemon does for one room it holds, from lease claim to release.
+
+A RoomSession owns the room's lease (claimed by the reconcile loop) and runs one ``run_session`` after another:
+
+- it renews the lease every third of its TTL; when the lease is gone (taken over, or not renewed for a whole
+  TTL because Redis did not answer) the running session is stopped at once and the RoomSession ends
+  without releasing anything: whoever holds the lease now owns the room;
+- after an outcome with ``rejoin=True`` it starts a new session (new session id, fresh bot identity) after a
+  capped exponential backoff with jitter; a session that ran longer than ``rejoin_max`` resets the backoff;
+- a ``pipeline_error`` is restarted while the room's restart budget (``restart_budget`` crashes within
+  ``restart_window`` seconds) lasts; then the room is marked failed in desired state and left alone;
+- any other outcome (room closed or deleted, bot removed, the pipeline ended by itself) ends the room's call:
+  it is removed from desired state;
+- ``request_stop`` (leave, drain) ends the running session gracefully and releases the lease;
+  ``request_restart`` (the desired pipeline changed) starts the next session with the new pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from eventstore.writer import EventWriter
+from transport.session import SessionOutcome, SessionSpec
+from transport.tokens import bot_identity
+
+from .control import Control, DesiredRoom
+from .leases import Claim, Leases
+from .metrics import DaemonMetrics
+from .registry import SessionRegistry
+from .settings import Settings
+
+log = logging.getLogger("supervisor")
+
+SessionRunner = Callable[[SessionSpec, EventWriter, asyncio.Event], Awaitable[SessionOutcome]]
+STATES = ("running", "backoff", "stopping", "ended", "failed", "lost")
+_REDIS_TROUBLE = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class StopSignal(asyncio.Event):
+    """The ``stop`` event handed to ``run_session``; ``reason`` says why it was set (``left``, ``drained``,
+    ``restart``, ``lease_lost``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = ""
+
+    def stop(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+
+def backoff_delay(failures: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Capped exponential backoff with jitter: ``min(cap, base * 2**(failures-1))`` times 0.5..1."""
+    if failures <= 0:
+        return 0.0
+    ceiling = min(cap, base * 2 ** min(failures - 1, 30))
+    return ceiling * (0.5 + 0.5 * rand())
+
+
+class RestartBudget:
+    """At most ``budget`` restarts within any ``window`` seconds."""
+
+    def __init__(self, budget: int, window: float) -> None:
+        self.budget = budget
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def spend(self, now: float) -> bool:
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+        if len(self._times) >= self.budget:
+            return False
+        self._times.append(now)
+        return True
+
+
+@dataclass
+class SessionContext:
+    """What all RoomSessions of one daemon share."""
+
+    writer: EventWriter
+    leases: Leases
+    control: Control
+    registry: SessionRegistry["RoomSession"]
+    metrics: DaemonMetrics
+    producer: str
+    settings: Callable[[], Settings]  # the current settings (SIGHUP may replace them)
+    run_session: SessionRunner
+
+
+class RoomSession:
+    def __init__(self, room: str, desired: DesiredRoom, claim: Claim, claimed_at: float,
+                 ctx: SessionContext) -> None:
+        self.room = room
+        self.desired = desired
+        self.epoch = claim.epoch
+        self.ctx = ctx
+        self.state = "running"
+        self.spec: SessionSpec | None = None
+        self.session_started = 0.0
+        self.last_outcome: SessionOutcome | None = None
+        self.lease_lost = ""
+        self._first_cause = claim.cause
+        self._last_renewed = claimed_at  # loop time at which the last successful claim/renew was sent
+        self._stop = StopSignal()
+        self._restart_to: DesiredRoom | None = None
+        daemon = ctx.settings().daemon
+        self._budget = RestartBudget(daemon.restart_budget, daemon.restart_window)
+        self.task: asyncio.Task[None] | None = None
+
+    # --- control from the daemon ----------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"room:{self.room}")
+        return self.task
+
+    @property
+    def pipeline(self) -> str:
+        return (self._restart_to or self.desired).pipeline
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() and self._restart_to is None
+
+    def request_stop(self, reason: str) -> None:
+        """End the running session gracefully (``left`` or ``drained``) and release the lease."""
+        self._restart_to = None
+        if self.state in ("running", "backoff"):
+            self.state = "stopping"
+        self._stop.stop(reason)
+
+    def request_restart(self, desired: DesiredRoom) -> None:
+        """Run the next session with ``desired`` (another pipeline) right away."""
+        if self.stopping:
+            return
+        self._restart_to = desired
+        self._stop.stop("restart")
+
+    def view(self) -> dict[str, Any]:
+        spec = self.spec
+        last = self.last_outcome
+        return {
+            "state": self.state, "session": spec.session_id if spec else "", "identity": spec.identity if spec else "",
+            "epoch": self.epoch, "attempt": spec.attempt if spec else 0, "cause": spec.cause if spec else "",
+            "pipeline": self.pipeline, "started": self.session_started,
+            "last_reason": last.reason if last else "", "last_detail": last.detail[:200] if last else "",
+        }
+
+    def _log(self, level: int, message: str, *args: object) -> None:
+        session = self.spec.session_id if self.spec else "-"
+        log.log(level, "room=%s session=%s epoch=%d: " + message, self.room, session, self.epoch, *args)
+
+    # --- the room's life ------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease(), name=f"lease:{self.room}")
+        try:
+            await self._sessions()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await self._release()
+            await self.ctx.registry.remove(self)
+
+    async def _sessions(self) -> None:
+        cause, attempt, failures = self._first_cause, 0, 0
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._restart_to is not None:
+                self.desired, self._restart_to = self._restart_to, None
+                self._stop = StopSignal()
+                cause, failures = "restart", 0
+            outcome, ran_for = await self._one_session(cause, attempt, loop)
+            attempt += 1
+            if self._restart_to is not None:
+                continue
+            if self._stop.is_set():
+                self.state = "lost" if self.lease_lost else "ended"
+                return
+            failures = 0 if ran_for >= self.ctx.settings().daemon.rejoin_max else failures
+            step = await self._next_step(outcome, failures + 1)
+            if step is None:
+                return
+            cause, failures = step[0], failures + 1
+            self.state = "backoff"
+            if await self._wait_or_stop(step[1]):
+                self.state = "lost" if self.lease_lost else "ended"
+                return
+
+    async def _one_session(self, cause: str, attempt: int,
+                           loop: asyncio.AbstractEventLoop) -> tuple[SessionOutcome, float]:
+        self.spec = self._make_spec(cause, attempt)
+        self.state = "stopping" if self._stop.is_set() else "running"
+        self.session_started = time.time()
+        started = loop.time()
+        self._log(logging.INFO, "session starts (cause %s, attempt %d, identity %s, pipeline %s)",
+                  cause, attempt, self.spec.identity, self.spec.pipeline)
+        outcome = await self.ctx.run_session(self.spec, self.ctx.writer, self._stop)
+        self.last_outcome = outcome
+        ran_for = loop.time() - started
+        self._log(logging.INFO, "session ended after %.1fs: %s (rejoin=%s) %s", ran_for, outcome.reason,
+                  outcome.rejoin, outcome.detail)
+        return outcome, ran_for
+
+    def _make_spec(self, cause: str, attempt: int) -> SessionSpec:
+        settings = self.ctx.settings()
+        lk = settings.livekit
+        return SessionSpec(
+            room=self.room, session_id=uuid.uuid4().hex, identity=bot_identity(), epoch=self.epoch,
+            producer=self.ctx.producer, pipeline=self.pipeline, livekit_url=lk.url, api_key=lk.api_key,
+            api_secret=lk.api_secret, token_ttl=lk.token_ttl, attempt=attempt, cause=cause,
+            stop_reason=self._stop.reason or "drained",
+            end_timeout=max(1.0, min(10.0, settings.daemon.drain_timeout / 2)),
+        )
+
+    async def _next_step(self, outcome: SessionOutcome, failures: int) -> tuple[str, float] | None:
+        """(cause of the next session, delay before it), or None when the room is done."""
+        daemon = self.ctx.settings().daemon
+        if outcome.reason == "pipeline_error":
+            self.ctx.metrics.errors.labels("pipeline_error").inc()
+            if not outcome.rejoin or not self._budget.spend(time.monotonic()):
+                await self._give_up(outcome)
+                return None
+            delay = backoff_delay(failures, daemon.rejoin_base, daemon.rejoin_max)
+            self.ctx.metrics.rejoins.labels("restart").inc()
+            self._log(logging.WARNING, "pipeline failed; restart in %.2fs", delay)
+            return "restart", delay
+        if outcome.rejoin:
+            delay = backoff_delay(failures, daemon.rejoin_base, daemon.rejoin_max)
+            self.ctx.metrics.rejoins.labels("rejoin").inc()
+            self._log(logging.INFO, "LiveKit says come back (%s); rejoin in %.2fs", outcome.reason, delay)
+            return "rejoin", delay
+        self.state = "ended"
+        if await self._control_call(self.ctx.control.end_room(self.room, self.desired)):
+            self._log(logging.INFO, "the call is over (%s); room removed from desired state", outcome.reason)
+        return None
+
+    async def _give_up(self, outcome: SessionOutcome) -> None:
+        self.state = "failed"
+        why = f"{outcome.reason}: {outcome.detail}"
+        self.ctx.metrics.errors.labels("room_failed").inc()
+        await self._control_call(self.ctx.control.mark_failed(self.room, self.desired, why))
+        self._log(logging.ERROR, "restart budget spent (%d within %.0fs); room marked failed: %s",
+                  self._budget.budget, self._budget.window, why)
+
+    async def _control_call(self, call: Awaitable[bool]) -> bool:
+        try:
+            return await asyncio.wait_for(call, 5)
+        except _REDIS_TROUBLE as exc:
+            self._log(logging.WARNING, "could not update desired state: %r", exc)
+            return False
+
+    async def _wait_or_stop(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; True if a stop came first."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+        except asyncio.TimeoutError:
+            return False
+        return self._restart_to is None
+
+    # --- the lease ------------------------------------------------------------------------------------------
+
+    async def _keep_lease(self) -> None:
+        loop = asyncio.get_running_loop()
+        ttl = self.ctx.leases.ttl
+        interval = ttl / 3
+        while True:
+            await asyncio.sleep(interval if loop.time() - self._last_renewed < interval * 1.5 else interval / 4)
+            sent = loop.time()
+            try:
+                renewed = await asyncio.wait_for(self.ctx.leases.renew(self.room, self.epoch), interval)
+            except _REDIS_TROUBLE as exc:
+                if loop.time() - self._last_renewed >= ttl * 0.9:
+                    self._lose(f"lease not renewed for {ttl:.1f}s ({exc!r})")
+                    return
+                continue
+            if not renewed:
+                self._lose("lease taken over by another daemon")
+                return
+            self._last_renewed = sent
+
+    def _lose(self, why: str) -> None:
+        self.lease_lost = why
+        self.ctx.metrics.errors.labels("lease_lost").inc()
+        self._log(logging.ERROR, "%s; stopping the session", why)
+        self._restart_to = None
+        self._stop.stop("lease_lost")
+
+    async def _release(self) -> None:
+        if self.lease_lost:
+            return
+        try:
+            await asyncio.wait_for(self.ctx.leases.release(self.room, self.epoch), 2)
+        except _REDIS_TROUBLE as exc:
+            self._log(logging.WARNING, "lease not released (%r); it expires by itself", exc)

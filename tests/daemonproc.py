@@ -1,0 +1,218 @@
+"""Run the real daemon (``python -m supervisor.cli serve``) and the real CLI as subprocesses, and look at what
+they did: Redis streams, heartbeats, sd_notify messages, LiveKit's participant lists."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import redis.asyncio as aioredis
+from livekit import api as lkapi
+
+from eventstore.keys import Keys
+from eventstore.reader import RoomReader
+from eventstore.records import Record, tag_of
+from harness.livekit_server import API_KEY, API_SECRET
+from harness.util import async_wait_until, free_port, tail
+from supervisor.heartbeat import read_heartbeats
+
+REPO = Path(__file__).resolve().parent.parent
+BOT_PREFIX = "rs-bot-"
+
+
+def write_config(path: Path, redis_url: str, livekit_url: str, *, spool_dir: Path, daemon_id: str,
+                 http_port: int = 0, **daemon: Any) -> Path:
+    """A TOML config like an operator's: secrets stay out of it (they come from the environment)."""
+    settings = {"id": daemon_id, "http_port": http_port, "lease_ttl": 3.0, "drain_timeout": 20.0,
+                "reconcile_interval": 0.5, "rejoin_base": 0.2, "rejoin_max": 2.0, **daemon}
+    lines = ["[livekit]", f'url = "{livekit_url}"', "", "[redis]", f'url = "{redis_url}"', "",
+             "[writer]", f'spool_dir = "{spool_dir}"', "", "[daemon]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RS_", "LIVEKIT_", "REDIS_", "NOTIFY_",
+                                                                       "WATCHDOG_", "ROOM_SUPERVISOR"))}
+    env.update({"LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET, "PYTHONPATH": str(REPO),
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "supervisor.cli", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv, cwd=REPO, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_many(commands: Iterable[list[str]], config: Path, parallel: int = 4) -> None:
+    """Run CLI commands a few at a time (each is a Python start-up); every one must exit 0."""
+    pending = list(commands)
+    while pending:
+        batch, pending = pending[:parallel], pending[parallel:]
+        procs = [subprocess.Popen([sys.executable, "-m", "supervisor.cli", *c, "--config", str(config)], cwd=REPO,
+                                  env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in batch]
+        for command, proc in zip(batch, procs):
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{out}\n{err}"
+
+
+class DaemonProcess:
+    """One ``room-supervisor serve`` subprocess with its own config, spool dir, HTTP port and log file."""
+
+    def __init__(self, workdir: Path, redis_url: str, livekit_url: str, *, daemon_id: str | None = None,
+                 env: dict[str, str] | None = None, **daemon: Any) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.id = daemon_id or f"test-{uuid.uuid4().hex[:8]}"
+        self.http_port = free_port()
+        self.config = write_config(self.dir / f"{self.id}.toml", redis_url, livekit_url,
+                                   spool_dir=self.dir / "spool", daemon_id=self.id, http_port=self.http_port,
+                                   **daemon)
+        self.env = cli_env(env)
+        self.log_path = self.dir / f"{self.id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> DaemonProcess:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it; closed when it exits
+        log.write(f"\n===== start #{self.starts}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve", "--config", str(self.config)],
+                                     cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    async def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        await async_wait_until(lambda: self.proc.poll() is not None, timeout, f"daemon {self.id} to exit", 0.1)
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL after a while. Never raises."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, lines: int = 80) -> str:
+        return tail(self.log_path, lines)
+
+
+class NotifyListener:
+    """A socket standing in for systemd's ``$NOTIFY_SOCKET`` (abstract, so no path length limit). Like systemd,
+    it reads every datagram as it arrives (a unix datagram queue holds only a few)."""
+
+    def __init__(self) -> None:
+        self.name = f"@rs-test-notify-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except BlockingIOError:
+                return
+
+    def lines(self) -> list[str]:
+        self._read()
+        return [line for message in self.messages for line in message.split("\n")]
+
+    async def wait_for(self, line: str, timeout: float) -> None:
+        await async_wait_until(lambda: line in self.lines(), timeout, f"sd_notify {line}", 0.1)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class Observer:
+    """Reads what the daemons did: room streams, heartbeats, and LiveKit's participant lists."""
+
+    def __init__(self, redis_url: str, livekit_url: str) -> None:
+        self.redis = aioredis.from_url(redis_url)
+        self.keys = Keys()
+        self.reader = RoomReader(self.redis, self.keys)
+        self.livekit = lkapi.LiveKitAPI(livekit_url, API_KEY, API_SECRET, failover=False)
+
+    async def records(self, room: str) -> list[Record]:
+        return await self.reader.read(room)
+
+    async def types(self, room: str) -> list[str]:
+        return [tag_of(r) for r in await self.records(room)]
+
+    async def held_rooms(self) -> dict[str, dict[str, Any]]:
+        """room -> session view (with the daemon id) from every live heartbeat."""
+        out: dict[str, dict[str, Any]] = {}
+        for beat in await read_heartbeats(self.redis, self.keys):
+            for room, view in beat.rooms.items():
+                out[room] = {**view, "daemon": beat.id}
+        return out
+
+    async def bots(self, room: str) -> list[str]:
+        """Identities of our bots that LiveKit lists in ``room``."""
+        try:
+            reply = await self.livekit.room.list_participants(lkapi.ListParticipantsRequest(room=room))
+        except lkapi.TwirpError as exc:
+            if exc.code == "not_found":
+                return []
+            raise
+        return sorted(p.identity for p in reply.participants if p.identity.startswith(BOT_PREFIX))
+
+    async def bots_by_room(self, rooms: Iterable[str]) -> dict[str, list[str]]:
+        rooms = list(rooms)
+        found = await asyncio.gather(*(self.bots(r) for r in rooms))
+        return dict(zip(rooms, found))
+
+    async def wait_connected(self, rooms: Iterable[str], timeout: float, *, after: dict[str, int] | None = None) -> None:
+        """Every room has a ``connected`` record (after sequence ``after[room]``, if given)."""
+        rooms = list(rooms)
+        after = after or {}
+
+        async def all_connected() -> bool:
+            for room in rooms:
+                if not any(tag_of(r) == "connected" and r.seq > after.get(room, 0) for r in await self.records(room)):
+                    return False
+            return True
+
+        await async_wait_until(all_connected, timeout, f"{len(rooms)} rooms connected", 0.5)
+
+    async def aclose(self) -> None:
+        await self.livekit.aclose()
+        await self.redis.aclose()

@@ -1,0 +1,118 @@
+"""The real daemon with 20 rooms: join and leave through the CLI, sd_notify, /healthz and /metrics, and a
+SIGTERM drain that writes before_disconnect and disconnected for every room and exits 0 within the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import urllib.request
+import uuid
+
+import pytest
+
+from daemonproc import DaemonProcess, NotifyListener, Observer, run_cli, run_cli_many
+from eventstore.records import tag_of
+from harness.util import async_wait_until
+
+pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(420)]
+
+ROOMS = 20
+DRAIN_TIMEOUT = 30.0
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except urllib.error.URLError:
+        return 0, b""  # nobody listens (yet)
+
+
+async def test_join_leave_notify_drain(tmp_path, redis_url, livekit_server):
+    tag = uuid.uuid4().hex[:6]
+    # Names a person might use, including ones that need encoding in keys.
+    rooms = [f"life {tag} #{i}" for i in range(ROOMS - 2)] + [f"life:{tag}:{{braces}}*", f"life-{tag}-ünï"]
+    notify = NotifyListener()
+    daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url, drain_timeout=DRAIN_TIMEOUT,
+                           env={"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "2000000"})
+    observer = Observer(redis_url, livekit_server.url)
+    try:
+        run_cli_many([["join", room] for room in rooms], daemon.config)
+        again = run_cli("join", rooms[0], config=daemon.config)
+        assert again.returncode == 0 and "nothing changed" in again.stdout
+        daemon.start()
+        await notify.wait_for("READY=1", timeout=60)
+        await observer.wait_connected(rooms, timeout=180)
+        await _running_and_observable(daemon, notify, observer, rooms)
+        await _leave_through_the_cli(daemon, observer, rooms[:2], rooms[2:])
+        await _sigterm_drains(daemon, notify, observer, rooms[2:])
+    except BaseException:
+        print(daemon.log_tail(120))
+        raise
+    finally:
+        daemon.stop()
+        notify.close()
+        await observer.aclose()
+
+
+async def _running_and_observable(daemon: DaemonProcess, notify: NotifyListener, observer: Observer,
+                                  rooms: list[str]) -> None:
+    bots = await observer.bots_by_room(rooms)
+    assert all(len(b) == 1 for b in bots.values()), bots
+    # sd_notify: a status with the room count, watchdog pings from the loop
+    await async_wait_until(lambda: any(f"{ROOMS} rooms running" in line for line in notify.lines()), 30,
+                           "STATUS with 20 rooms running")
+    await notify.wait_for("WATCHDOG=1", timeout=10)
+    status, body = await asyncio.to_thread(http_get, daemon.http_port, "/healthz")
+    assert status == 200, body
+    assert json.loads(body)["ok"] is True
+    status, metrics = await asyncio.to_thread(http_get, daemon.http_port, "/metrics")
+    text = metrics.decode()
+    assert status == 200
+    assert "room_supervisor_rooms_desired 20.0" in text
+    assert 'room_supervisor_sessions{state="running"} 20.0' in text
+    assert "room_supervisor_append_latency_seconds_count" in text
+    assert "room_supervisor_events_written_total" in text
+
+
+async def _leave_through_the_cli(daemon: DaemonProcess, observer: Observer, left: list[str],
+                                 staying: list[str]) -> None:
+    """Leaving two rooms: their bots leave, the others stay; leaving again changes nothing."""
+    for room in left:
+        out = run_cli("leave", room, config=daemon.config)
+        assert out.returncode == 0 and "will be left" in out.stdout, out
+    for room in left:
+        await async_wait_until(lambda r=room: _ended(observer, r), 60, f"{room} to end its session")
+        assert await observer.bots(room) == []
+    again = run_cli("leave", left[0], config=daemon.config)
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    listed = run_cli("rooms", "--json", config=daemon.config)
+    assert listed.returncode == 0, listed.stderr
+    shown = json.loads(listed.stdout)["rooms"]
+    assert all(shown[r]["session"]["state"] == "running" for r in staying)
+    assert all("desired" not in shown[r] for r in left)
+
+
+async def _sigterm_drains(daemon: DaemonProcess, notify: NotifyListener, observer: Observer,
+                          rooms: list[str]) -> None:
+    """SIGTERM: a bounded drain, every room leaves gracefully, exit 0."""
+    daemon.signal(signal.SIGTERM)
+    code = await daemon.wait_exit(DRAIN_TIMEOUT + 15)
+    assert code == 0, daemon.log_tail()
+    await notify.wait_for("STOPPING=1", timeout=5)
+    for room in rooms:
+        types = await observer.types(room)
+        tail = types[types.index("before_disconnect"):]
+        assert "disconnected" in tail and tail[-1] == "session_ended", (room, types)
+        ended = [r for r in await observer.records(room) if tag_of(r) == "session_ended"][-1]
+        assert ended.reason == "drained" and ended.rejoin is False
+    assert all(not b for b in (await observer.bots_by_room(rooms)).values())
+    assert await observer.held_rooms() == {}  # the heartbeat is gone with the daemon
+
+
+async def _ended(observer: Observer, room: str) -> bool:
+    types = await observer.types(room)
+    return "before_disconnect" in types and "disconnected" in types and types[-1] == "session_ended"

@@ -1,0 +1,71 @@
+"""How the real daemon answers LiveKit ending its bots, with 20 rooms on a private livekit-server:
+room deleted or bot removed -> that room's call is over (no rejoin, no longer desired); server restart ->
+every other room is joined again after a backoff (``session_started`` cause ``rejoin``)."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import pytest
+from livekit import api as lkapi
+
+from daemonproc import DaemonProcess, Observer, run_cli_many
+from eventstore.records import tag_of
+from harness.util import async_wait_until
+from supervisor.control import Control
+
+pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(480)]
+
+ROOMS = 20
+
+
+async def test_room_end_is_final_and_server_restart_is_rejoined(tmp_path, redis_url, fresh_livekit):
+    rooms = [f"rejoin-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
+    deleted, removed, others = rooms[0], rooms[1], rooms[2:]
+    daemon = DaemonProcess(tmp_path, redis_url, fresh_livekit.url)
+    observer = Observer(redis_url, fresh_livekit.url)
+    control = Control(observer.redis, observer.keys)
+    try:
+        run_cli_many([["join", room] for room in rooms], daemon.config)
+        daemon.start()
+        await observer.wait_connected(rooms, timeout=180)
+
+        await observer.livekit.room.delete_room(lkapi.DeleteRoomRequest(room=deleted))
+        bot = (await observer.bots(removed))[0]
+        await observer.livekit.room.remove_participant(lkapi.RoomParticipantIdentity(room=removed, identity=bot))
+        for room, reason in ((deleted, "room_deleted"), (removed, "removed")):
+            ended = await async_wait_until(lambda r=room: _last_ended(observer, r), 60, f"{room} ended")
+            assert (ended.reason, ended.rejoin) == (reason, False), ended
+            await async_wait_until(lambda r=room: _not_desired(control, r), 30, f"{room} no longer desired")
+
+        seqs = {room: (await observer.records(room))[-1].seq for room in others}
+        fresh_livekit.restart()
+        await observer.wait_connected(others, timeout=240, after=seqs)
+        for room in others:
+            fresh = [r for r in await observer.records(room) if r.seq > seqs[room]]
+            ended = [r for r in fresh if tag_of(r) == "session_ended"]
+            started = [r for r in fresh if tag_of(r) == "session_started"]
+            assert ended and all(e.rejoin for e in ended), (room, ended)
+            assert started and all(s.cause == "rejoin" for s in started), (room, started)
+            assert [s.attempt for s in started] == list(range(1, len(started) + 1))
+        for room in (deleted, removed):  # the ended calls stay ended
+            assert (await observer.types(room)).count("session_started") == 1
+
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
+    except BaseException:
+        print(daemon.log_tail(150))
+        raise
+    finally:
+        daemon.stop()
+        await observer.aclose()
+
+
+async def _last_ended(observer: Observer, room: str):
+    ended = [r for r in await observer.records(room) if tag_of(r) == "session_ended"]
+    return ended[-1] if ended else None
+
+
+async def _not_desired(control: Control, room: str) -> bool:
+    return await control.get(room) is None

@@ -1,0 +1,101 @@
+"""Signals and health of the real daemon: /healthz says what is wrong while LiveKit is missing; SIGHUP reloads
+(refusing a broken file); SIGTERM before READY exits 0; a second SIGTERM cuts a stuck drain short."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+
+import pytest
+
+from daemonproc import DaemonProcess, NotifyListener, Observer, run_cli
+from harness.util import async_wait_until, free_port
+
+from test_daemon_lifecycle import http_get
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+async def test_unhealthy_until_livekit_answers_then_reload_and_sigterm(tmp_path, redis_url):
+    notify = NotifyListener()
+    missing_livekit = f"ws://127.0.0.1:{free_port()}"
+    daemon = DaemonProcess(tmp_path, redis_url, missing_livekit, env={"NOTIFY_SOCKET": notify.name})
+    observer = Observer(redis_url, missing_livekit)
+    try:
+        daemon.start()
+
+        async def unhealthy():
+            status, body = await asyncio.to_thread(http_get, daemon.http_port, "/healthz")
+            return status == 503 and json.loads(body)
+
+        health = await async_wait_until(unhealthy, 60, "/healthz 503", 0.5)
+        assert health["ok"] is False
+        assert health["checks"]["redis"] is True and health["checks"]["livekit"] is False
+        assert any(p.startswith("livekit:") for p in health["problems"])
+        await async_wait_until(lambda: any(line.startswith("STATUS=waiting") for line in notify.lines()), 30,
+                               "STATUS=waiting ...")
+        assert "READY=1" not in notify.lines()
+
+        good = daemon.config.read_text()
+        daemon.config.write_text("[daemon\nthis is not toml")
+        daemon.signal(signal.SIGHUP)
+        await async_wait_until(lambda: "reload refused" in daemon.log_tail(), 30, "reload refused")
+        daemon.config.write_text(good.replace("[daemon]\n", "[daemon]\nmax_rooms = 7\n"))
+        daemon.signal(signal.SIGHUP)
+        await async_wait_until(lambda: "settings reloaded" in daemon.log_tail(), 30, "settings reloaded")
+        assert "RELOADING=1" in notify.lines()
+        beat = await async_wait_until(lambda: _heartbeat(observer, daemon.id), 30, "heartbeat with max_rooms 7")
+        assert beat.max_rooms == 7 and beat.state == "starting"
+
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 0, daemon.log_tail()
+        assert "STOPPING=1" in notify.lines()
+    except BaseException:
+        print(daemon.log_tail(100))
+        raise
+    finally:
+        daemon.stop()
+        notify.close()
+        await observer.aclose()
+
+
+async def _heartbeat(observer: Observer, daemon_id: str):
+    from supervisor.heartbeat import read_heartbeats
+
+    beats = [b for b in await read_heartbeats(observer.redis, observer.keys) if b.id == daemon_id]
+    return beats[0] if beats and beats[0].max_rooms == 7 else None
+
+
+@pytest.mark.livekit
+async def test_second_sigterm_cuts_a_stuck_drain_short(tmp_path, redis_url, livekit_server):
+    room = f"stuck-{uuid.uuid4().hex[:6]}"
+    notify = NotifyListener()
+    daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url, drain_timeout=120.0,
+                           env={"NOTIFY_SOCKET": notify.name})
+    observer = Observer(redis_url, livekit_server.url)
+    try:
+        assert run_cli("join", room, "--pipeline", "tests.daemon_pipelines:slow_leave",
+                       config=daemon.config).returncode == 0
+        daemon.start()
+        await observer.wait_connected([room], timeout=120)
+        daemon.signal(signal.SIGTERM)
+        await notify.wait_for("STOPPING=1", timeout=30)
+        await async_wait_until(lambda: _types_include(observer, room, "before_disconnect"), 30,
+                               "the slow on_before_disconnect to start")
+        assert daemon.running  # the drain waits for the slow handler
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 1, daemon.log_tail()  # forced: not a clean drain
+        assert "did not end in time; cancelled" in daemon.log_tail()
+    except BaseException:
+        print(daemon.log_tail(100))
+        raise
+    finally:
+        daemon.stop()
+        notify.close()
+        await observer.aclose()
+
+
+async def _types_include(observer: Observer, room: str, tag: str) -> bool:
+    return tag in await observer.types(room)

@@ -1,0 +1,112 @@
+"""Two real daemons on one Redis never hold the same room at once. LiveKit's own participant lists are the
+judge: polled all along, no room ever shows two of our bots, while the daemons share 20 rooms, and while one
+drains and the other takes its rooms over."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+
+import pytest
+
+from daemonproc import DaemonProcess, Observer, run_cli_many
+from eventstore.records import tag_of
+from harness.util import async_wait_until
+
+pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(480)]
+
+ROOMS = 20
+
+
+class DuplicateWatch:
+    """Polls LiveKit for every room until stopped; remembers every time a room showed two bots."""
+
+    def __init__(self, observer: Observer, rooms: list[str]) -> None:
+        self.observer, self.rooms = observer, rooms
+        self.duplicates: list[dict[str, list[str]]] = []
+        self.polls = 0
+        self._stop = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            bots = await self.observer.bots_by_room(self.rooms)
+            self.polls += 1
+            twice = {room: b for room, b in bots.items() if len(b) > 1}
+            if twice:
+                self.duplicates.append(twice)
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self.task
+
+
+async def test_two_daemons_never_hold_the_same_room(tmp_path, redis_url, livekit_server):
+    rooms = [f"two-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
+    first = DaemonProcess(tmp_path / "a", redis_url, livekit_server.url, daemon_id="daemon-a", max_rooms=12)
+    second = DaemonProcess(tmp_path / "b", redis_url, livekit_server.url, daemon_id="daemon-b", max_rooms=ROOMS)
+    observer = Observer(redis_url, livekit_server.url)
+    watch = DuplicateWatch(observer, rooms)
+    try:
+        run_cli_many([["join", room] for room in rooms], first.config)
+
+        async def held_by() -> dict[str, str]:
+            return {room: view["daemon"] for room, view in (await observer.held_rooms()).items()}
+
+        first.start()  # takes 12 rooms (its max_rooms), then the second starts and takes the other 8
+        await async_wait_until(lambda: _count(held_by(), "daemon-a", 12), 120, "daemon-a holds 12 rooms", 0.5)
+        second.start()
+        await observer.wait_connected(rooms, timeout=180)
+        await async_wait_until(lambda: _covers(held_by(), rooms), 60, "every room held")
+        owners = await held_by()
+        assert sorted(set(owners.values())) == ["daemon-a", "daemon-b"], owners  # both have rooms
+        assert list(owners.values()).count("daemon-a") == 12
+
+        # the first daemon drains; the second takes every room over (a fresh session, a new epoch)
+        first_rooms = [room for room, owner in owners.items() if owner == "daemon-a"]
+        seqs = {room: (await observer.records(room))[-1].seq for room in first_rooms}
+        first.signal(signal.SIGTERM)
+        assert await first.wait_exit(60) == 0, first.log_tail()
+        await observer.wait_connected(first_rooms, timeout=120, after=seqs)
+        await async_wait_until(lambda: _all_by(held_by(), rooms, "daemon-b"), 60, "daemon-b holds every room")
+        bots = await observer.bots_by_room(rooms)
+        assert all(len(b) == 1 for b in bots.values()), bots
+        for room in first_rooms:
+            records = await observer.records(room)
+            fresh = [r for r in records if r.seq > seqs[room] and tag_of(r) == "session_started"]
+            assert len(fresh) == 1 and fresh[0].epoch > records[0].epoch, fresh
+
+        await watch.stop()
+        assert watch.polls > 10
+        assert watch.duplicates == [], watch.duplicates[:3]
+
+        second.signal(signal.SIGTERM)
+        assert await second.wait_exit(60) == 0, second.log_tail()
+    except BaseException:
+        print(first.log_tail(100))
+        print(second.log_tail(100))
+        raise
+    finally:
+        if not watch.task.done():
+            await watch.stop()
+        first.stop()
+        second.stop()
+        await observer.aclose()
+
+
+async def _count(held, daemon: str, n: int) -> bool:
+    return list((await held).values()).count(daemon) == n
+
+
+async def _covers(held, rooms: list[str]) -> bool:
+    return set(rooms) <= set(await held)
+
+
+async def _all_by(held, rooms: list[str], daemon: str) -> bool:
+    owners = await held
+    return all(owners.get(room) == daemon for room in rooms)

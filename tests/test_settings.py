@@ -1,0 +1,103 @@
+"""Settings: defaults < TOML file < environment < command-line overrides; secrets never printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.settings import Settings, SettingsError, load_settings
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_nothing():
+    s = load_settings(environ={})
+    assert s == Settings()
+    assert s.daemon.drain_timeout > 0 and s.daemon.default_pipeline == "listen"
+
+
+def test_precedence_file_then_env_then_overrides(tmp_path):
+    path = write(tmp_path, '[daemon]\ndrain_timeout = 7.5\nmax_rooms = 3\n[redis]\nprefix = "file"\n')
+    env = {"RS_DAEMON_MAX_ROOMS": "4", "RS_REDIS_PREFIX": "env"}
+    s = load_settings(path, environ=env, overrides={"redis": {"prefix": "flag"}})
+    assert s.daemon.drain_timeout == 7.5  # file only
+    assert s.daemon.max_rooms == 4  # env beats file, converted from text
+    assert s.redis.prefix == "flag"  # flag beats env
+
+
+def test_config_path_from_environment(tmp_path):
+    path = write(tmp_path, "[daemon]\nmax_rooms = 9\n")
+    assert load_settings(environ={"ROOM_SUPERVISOR_CONFIG": str(path)}).daemon.max_rooms == 9
+
+
+def test_well_known_variables(tmp_path):
+    env = {"LIVEKIT_URL": "wss://lk.example.com", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s3cr3t-value",
+           "REDIS_URL": "redis://:pw@127.0.0.1:6390/2"}
+    s = load_settings(environ=env)
+    assert (s.livekit.url, s.livekit.api_key, s.livekit.api_secret) == ("wss://lk.example.com", "k", "s3cr3t-value")
+    assert s.redis.url == "redis://:pw@127.0.0.1:6390/2"
+    shown = repr(s)
+    assert "s3cr3t-value" not in shown and ":pw@" not in shown
+
+
+def test_booleans_and_numbers_from_environment():
+    s = load_settings(environ={"RS_WRITER_SPOOL_FSYNC": "true", "RS_DAEMON_LEASE_TTL": "2.5"})
+    assert s.writer.spool_fsync is True and s.daemon.lease_ttl == 2.5
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[daemon\nmax_rooms = 1", "not valid TOML"),
+        ("[nope]\nx = 1", "unknown section [nope]"),
+        ("daemon = 3", "must be a table"),
+        ("[daemon]\nmax_rooms = 'many'", "max_rooms"),
+        ("[daemon]\nno_such_key = 1", "no_such_key"),
+        ("[daemon]\ndrain_timeout = -1", "daemon.drain_timeout must be positive"),
+        ("[daemon]\nhttp_port = 70000", "http_port"),
+        ("[daemon]\nrejoin_base = 5.0\nrejoin_max = 1.0", "rejoin_base"),
+        ("[daemon]\nlog_level = 'LOUD'", "log_level"),
+        ("[livekit]\nurl = 'ftp://x'", "livekit.url"),
+        ("[livekit]\napi_secret = ''", "api_secret"),
+        ("[redis]\nurl = 'http://127.0.0.1'", "redis.url"),
+    ],
+)
+def test_garbage_in_the_file_is_named(tmp_path, text, says):
+    with pytest.raises(SettingsError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"RS_DAEMON_DRAIN_TIMEOUT": "soon"}, "drain_timeout"),
+        ({"RS_DAEMON_NO_SUCH": "1"}, "RS_DAEMON_NO_SUCH"),
+        ({"REDIS_URL": "localhost:6379"}, "redis.url"),
+        ({"RS_DAEMON_MAX_ROOMS": "0"}, "max_rooms"),
+    ],
+)
+def test_garbage_in_the_environment_is_named(env, says):
+    with pytest.raises(SettingsError) as info:
+        load_settings(environ=env)
+    assert says in str(info.value)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml", environ={})
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(tmp_path, environ={})  # a directory
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SettingsError):
+        load_settings(binary, environ={})
+
+
+def test_redis_url_password_is_redacted_in_errors():
+    with pytest.raises(SettingsError) as info:
+        load_settings(environ={"REDIS_URL": "http://user:hunter2@host/0"})
+    assert "hunter2" not in str(info.value)
