@@ -122,7 +122,12 @@ class RoomSession:
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"room:{self.room}")
+        self.task.add_done_callback(self._report_crash)
         return self.task
+
+    def _report_crash(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._log(logging.ERROR, "room session crashed: %r", task.exception())
 
     @property
     def pipeline(self) -> str:
@@ -205,7 +210,11 @@ class RoomSession:
         started = loop.time()
         self._log(logging.INFO, "session starts (cause %s, attempt %d, identity %s, pipeline %s)",
                   cause, attempt, self.spec.identity, self.spec.pipeline)
-        outcome = await self.ctx.run_session(self.spec, self.ctx.writer, self._stop)
+        try:
+            outcome = await self.ctx.run_session(self.spec, self.ctx.writer, self._stop)
+        except Exception as exc:  # run_session promises not to raise; if it does, it counts as a crash
+            self._log(logging.ERROR, "run_session raised %r", exc)
+            outcome = SessionOutcome("pipeline_error", True, f"run_session raised {exc!r}")
         self.last_outcome = outcome
         ran_for = loop.time() - started
         self._log(logging.INFO, "session ended after %.1fs: %s (rejoin=%s) %s", ran_for, outcome.reason,

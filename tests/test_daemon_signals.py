@@ -99,3 +99,23 @@ async def test_second_sigterm_cuts_a_stuck_drain_short(tmp_path, redis_url, live
 
 async def _types_include(observer: Observer, room: str, tag: str) -> bool:
     return tag in await observer.types(room)
+
+
+async def test_aclose_is_safe_twice_and_after_a_failed_start(tmp_path, redis_url):
+    import msgspec
+
+    from supervisor.daemon import Daemon, DaemonStartError
+    from supervisor.settings import load_settings
+
+    settings = load_settings(environ={"REDIS_URL": redis_url, "RS_WRITER_SPOOL_DIR": str(tmp_path / "spool"),
+                                      "RS_DAEMON_HTTP_PORT": "0", "LIVEKIT_URL": f"ws://127.0.0.1:{free_port()}"})
+    never_run = Daemon(settings)
+    await never_run.aclose()
+    await never_run.aclose()
+
+    (tmp_path / "file").write_text("")
+    unusable = msgspec.structs.replace(settings.writer, spool_dir=str(tmp_path / "file" / "spool"))
+    failed = Daemon(msgspec.structs.replace(settings, writer=unusable))
+    with pytest.raises(DaemonStartError, match="spool directory"):
+        await failed.run()
+    await failed.aclose()

@@ -110,3 +110,45 @@ async def _covers(held, rooms: list[str]) -> bool:
 async def _all_by(held, rooms: list[str], daemon: str) -> bool:
     owners = await held
     return all(owners.get(room) == daemon for room in rooms)
+
+
+async def test_a_daemon_whose_lease_is_taken_stops_at_once_and_is_fenced(tmp_path, redis_url, livekit_server):
+    """Another holder takes a room's lease (written by hand, as a daemon on a partitioned host would): the
+    daemon stops that room's bot at once, whatever the session still writes is refused by the fence (dead
+    letters), and the daemon takes the room back only after that lease expires (cause ``takeover``)."""
+    rooms = [f"fence-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    stolen, kept = rooms
+    daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url)
+    observer = Observer(redis_url, livekit_server.url)
+    try:
+        run_cli_many([["join", room] for room in rooms], daemon.config)
+        daemon.start()
+        await observer.wait_connected(rooms, timeout=120)
+        lease = observer.keys.lease(stolen)
+        epoch = int(await observer.redis.hget(lease, "epoch")) + 1
+        seconds, micros = await observer.redis.time()
+        expires = seconds * 1000 + micros // 1000 + 8000
+        await observer.redis.hset(lease, mapping={"owner": "intruder/1", "epoch": epoch, "expires": expires})
+        seq = (await observer.records(stolen))[-1].seq
+
+        await async_wait_until(lambda: _no_bots(observer, stolen), 30, "the bot of the stolen room to leave")
+        dead = await observer.redis.xrange(observer.keys.dead())
+        assert any(f[b"room"] == stolen.encode() and f[b"reason"].startswith(b"fenced") for _, f in dead)
+        assert [r for r in await observer.records(stolen) if r.seq > seq and r.epoch < epoch] == []
+
+        await observer.wait_connected([stolen], timeout=60, after={stolen: seq})
+        back = [r for r in await observer.records(stolen) if r.seq > seq and tag_of(r) == "session_started"]
+        assert len(back) == 1 and back[0].cause == "takeover" and back[0].epoch == epoch + 1, back
+        assert (await observer.types(kept)).count("session_started") == 1  # the other room never noticed
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
+    except BaseException:
+        print(daemon.log_tail(100))
+        raise
+    finally:
+        daemon.stop()
+        await observer.aclose()
+
+
+async def _no_bots(observer: Observer, room: str) -> bool:
+    return await observer.bots(room) == []
