@@ -185,6 +185,9 @@ class RoomSession:
                 self.desired, self._restart_to = self._restart_to, None
                 self._stop = StopSignal()
                 cause, failures = "restart", 0
+            if self._stop.is_set():  # a stop that came between two sessions: do not join only to leave
+                self.state = "lost" if self.lease_lost else "ended"
+                return
             outcome, ran_for = await self._one_session(cause, attempt, loop)
             attempt += 1
             if self._restart_to is not None:

@@ -116,3 +116,37 @@ async def _sigterm_drains(daemon: DaemonProcess, notify: NotifyListener, observe
 async def _ended(observer: Observer, room: str) -> bool:
     types = await observer.types(room)
     return "before_disconnect" in types and "disconnected" in types and types[-1] == "session_ended"
+
+
+async def test_rooms_shows_participants_and_call_state(tmp_path, redis_url, livekit_server, participant_factory):
+    """``rooms`` joins desired state, the daemon's heartbeat and the consumers' materialized states."""
+    room = f"shown-{uuid.uuid4().hex[:6]}"
+    daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url)
+    observer = Observer(redis_url, livekit_server.url)
+    try:
+        assert run_cli("join", room, config=daemon.config).returncode == 0
+        daemon.start()
+        await observer.wait_connected([room], timeout=120)
+        await participant_factory("alice", room=room)
+        await async_wait_until(lambda: _has(observer, room, "participant_connected"), 30, "alice recorded")
+        for projection in ("participants", "call-state"):
+            out = run_cli("consume", projection, "--until-caught-up", config=daemon.config)
+            assert out.returncode == 0, out.stderr[-2000:]
+        listed = run_cli("rooms", "--json", config=daemon.config)
+        shown = json.loads(listed.stdout)["rooms"][room]
+        assert shown["desired"]["pipeline"] == "listen"
+        assert shown["session"]["state"] == "running" and shown["session"]["daemon"] == daemon.id
+        assert shown["participants"]["present"] == ["alice"]
+        assert shown["call-state"]["state"] == "joined" and shown["call-state"]["phase"] == "active"
+        table = run_cli("rooms", config=daemon.config)
+        line = next(line for line in table.stdout.splitlines() if room in line)
+        assert "running@" in line and "joined/active" in line and "alice" in line
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
+    finally:
+        daemon.stop()
+        await observer.aclose()
+
+
+async def _has(observer: Observer, room: str, tag: str) -> bool:
+    return tag in await observer.types(room)
