@@ -79,7 +79,7 @@ def test_unreadable_or_impossible_offset_replays_from_start(tmp_path, offset):
     spool.close()
     (tmp_path / "s.spool.offset").write_text(offset)
     spool = Spool(path)
-    assert read_all(spool) == units  # at least once: the batch tokens make a replay harmless
+    assert read_all(spool) == units  # replayed again from the start: at least once
     spool.close()
 
 
