@@ -33,10 +33,11 @@ end
 if #ARGV ~= 5 then
   return redis.error_reply('ERR append: expected 5 arguments, got ' .. #ARGV)
 end
--- Parse and check every record before writing any: a malformed batch leaves the room untouched.
+-- Parse and check every record before writing any: a malformed batch leaves the room untouched. Lua strings
+-- are costly to create, so heads are built once per type and checked in place (string.find at a position).
 local blob = ARGV[5]
 local size = #blob
-local types, rests, datas = {}, {}, {}
+local types, rests, datas, heads = {}, {}, {}, {}
 local pos = 1
 local n = 0
 while pos <= size do
@@ -44,19 +45,29 @@ while pos <= size do
     return redis.error_reply('ERR append: record ' .. n .. ' has a truncated header')
   end
   local lt, lr, ld, p = struct.unpack('>I4I4I4', blob, pos)
-  local stop = p + lt + lr + ld
+  local r0 = p + lt
+  local stop = r0 + lr + ld
   if stop - 1 > size then
     return redis.error_reply('ERR append: record ' .. n .. ' is truncated')
   end
-  local t = string.sub(blob, p, p + lt - 1)
-  local head = '{"type":"' .. t .. '","seq":0,'
-  if lr < #head or string.sub(blob, p + lt, p + lt + #head - 1) ~= head then
+  local t = string.sub(blob, p, r0 - 1)
+  local head = heads[t]
+  if head == nil then
+    head = '{"type":"' .. t .. '","seq":0,'
+    heads[t] = head
+  end
+  local hl = #head
+  if lr < hl or string.find(blob, head, r0, true) ~= r0 then
     return redis.error_reply('ERR append: record ' .. n .. ' does not start with ' .. head)
   end
   n = n + 1
   types[n] = t
-  rests[n] = string.sub(blob, p + lt + #head, p + lt + lr - 1)
-  datas[n] = string.sub(blob, p + lt + lr, stop - 1)
+  rests[n] = string.sub(blob, r0 + hl, r0 + lr - 1)
+  if ld > 0 then
+    datas[n] = string.sub(blob, r0 + lr + 1, stop - 1)
+  else
+    datas[n] = false
+  end
   pos = stop
 end
 if n < 1 then
@@ -70,14 +81,14 @@ for i = 1, n do
   local rec = '{"type":"' .. t .. '","seq":' .. seq .. ',' .. rests[i]
   local data = datas[i]
   if maxlen > 0 then
-    if #data > 0 then
+    if data then
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', t, 'seq', seq, 'rec', rec,
-        'data', string.sub(data, 2))
+        'data', data)
     else
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', t, 'seq', seq, 'rec', rec)
     end
-  elseif #data > 0 then
-    id = redis.call('XADD', KEYS[1], '*', 'type', t, 'seq', seq, 'rec', rec, 'data', string.sub(data, 2))
+  elseif data then
+    id = redis.call('XADD', KEYS[1], '*', 'type', t, 'seq', seq, 'rec', rec, 'data', data)
   else
     id = redis.call('XADD', KEYS[1], '*', 'type', t, 'seq', seq, 'rec', rec)
   end
