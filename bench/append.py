@@ -83,7 +83,9 @@ async def bench_naive(r: aioredis.Redis, records: list[Record]) -> float:
 
 
 async def bench_writer(r: aioredis.Redis, records: list[Record], **opts) -> tuple[float, dict]:
-    writer = EventWriter(r, producer="bench", **opts)
+    # A generous max_block: measure throughput under back-pressure, never the no-spool overflow error that a
+    # slow round trip on a busy machine could otherwise trigger.
+    writer = EventWriter(r, producer="bench", max_block=30.0, **opts)
     await writer.start()
     await writer.flush()  # loads the feed partition count outside the timed part
     t = time.perf_counter()
