@@ -101,7 +101,7 @@ class ProjectionRunner(Generic[S]):
                               dict(bad.fields))
 
     async def catch_up_room(self, room: str) -> int:
-        """Apply every record of ``room`` after its checkpoint. Returns how many were applied."""
+        """Apply every record of ``room`` after its checkpoint. Returns how many were applied (saved)."""
         applied = 0
         while True:
             state, ckpt = await self.store.load(room)
@@ -110,6 +110,7 @@ class ProjectionRunner(Generic[S]):
             if not page:
                 return applied
             seq = ckpt.seq
+            folded = 0
             for entry_id, fields in page:
                 record = await self.reader.decode(room, entry_id, fields)
                 if record is None or record.seq <= seq:
@@ -119,12 +120,15 @@ class ProjectionRunner(Generic[S]):
                               self.projection.name, seq, record.seq)
                 state = self.projection.apply(state, record)
                 seq = record.seq
-                applied += 1
+                folded += 1
             after = Checkpoint(seq, page[-1][0].decode())
             if not await self.store.save(room, ckpt, state, after):
                 log.warning("room %r: %s checkpoint moved under us; reloading", room, self.projection.name)
                 continue
-            self.applied += applied
+            # Count a page once, when its state is saved: not per loop pass (the total so far), and not when
+            # the compare-and-set refused it (those records are folded again from the newer checkpoint).
+            applied += folded
+            self.applied += folded
             if len(page) < self.chunk:
                 return applied
 
@@ -175,7 +179,7 @@ class ProjectionRunner(Generic[S]):
         next_rebalance = 0.0
         try:
             while not self._stop.is_set():
-                if loop.time() >= next_rebalance:
+                    if loop.time() >= next_rebalance:
                     gained, _ = await self.group.rebalance()
                     next_rebalance = loop.time() + self.lease_ms / 3000
                     await self._on_gained(gained, total)
