@@ -40,6 +40,19 @@ return 1
 """
 
 
+def _honour_cancellation() -> None:
+    """Raise ``CancelledError`` if this task was asked to cancel and the request got lost on the way.
+
+    On Python 3.11 ``asyncio.wait_for`` returns normally when the operation it waits for finishes in the same
+    loop turn as a ``cancel()`` (CPython gh-86296, fixed in 3.12), and redis-py sends every command through
+    ``wait_for``: a cancelled runner would go on consuming. ``Task.cancelling()`` still counts the request, so
+    the runner checks it between steps.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     seq: int
@@ -155,6 +168,7 @@ class ProjectionRunner(Generic[S]):
     async def _handle(self, entries: list[FeedEntry]) -> None:
         rooms = dict.fromkeys(f.get(b"room", b"").decode("utf-8", "replace") for _, _, f in entries)
         for room in rooms:
+            _honour_cancellation()
             if room:
                 await self.catch_up_room(room)
         await self.group.ack(entries)  # type: ignore[union-attr]
@@ -167,6 +181,7 @@ class ProjectionRunner(Generic[S]):
                 log.info("%s: reclaimed %d pending notifications of partition %d", self.instance, len(pending), p)
                 await self._handle(pending)
         for room in await self.rooms_behind(gained, total):
+            _honour_cancellation()
             await self.catch_up_room(room)
 
     async def run(self, *, until_caught_up: bool = False) -> int:
@@ -179,7 +194,8 @@ class ProjectionRunner(Generic[S]):
         next_rebalance = 0.0
         try:
             while not self._stop.is_set():
-                    if loop.time() >= next_rebalance:
+                _honour_cancellation()
+                if loop.time() >= next_rebalance:
                     gained, _ = await self.group.rebalance()
                     next_rebalance = loop.time() + self.lease_ms / 3000
                     await self._on_gained(gained, total)
