@@ -11,6 +11,8 @@ append script puts the real sequence number there. :func:`encode_for_append` pro
 
 from __future__ import annotations
 
+import math
+
 import struct
 from typing import Iterable, Mapping
 
@@ -28,6 +30,10 @@ AppendArgs = tuple[str, bytes, bytes]
 
 _FRAME = struct.Struct(">III")
 _TAGS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in RECORD_TYPES}  # type: ignore[misc]
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be appended as it is."""
 
 
 class DecodeError(ValueError):
@@ -50,7 +56,12 @@ def decode_record(data: bytes | str) -> AnyRecord:
 
 
 def encode_for_append(record: Record) -> AppendArgs:
-    """Encode a record for the append script: seq set to 0, payload split out of the JSON text."""
+    """Encode a record for the append script: seq set to 0, payload split out of the JSON text.
+
+    Raises :class:`InvalidRecord` for a record that could never be decoded again (a non-finite ``ts``).
+    """
+    if not math.isfinite(record.ts):
+        raise InvalidRecord(f"record ts must be a finite number, got {record.ts!r}")
     if record.seq != 0:
         record = msgspec.structs.replace(record, seq=0)
     tag = _TAGS.get(type(record)) or tag_of(record)

@@ -44,7 +44,10 @@ def encode_name(name: str) -> str:
     """Percent-encode a room name (or identity) for use inside a key. Injective and reversible."""
     if not isinstance(name, str) or name == "":
         raise InvalidKeyPart(f"a room name must be a non-empty string, got {name!r}")
-    return quote(name, safe=_SAFE, encoding="utf-8", errors="strict")
+    try:
+        return quote(name, safe=_SAFE, encoding="utf-8", errors="strict")
+    except UnicodeEncodeError:
+        raise InvalidKeyPart(f"a room name must be valid unicode text, got {name!r}") from None
 
 
 def decode_name(encoded: str) -> str:

@@ -129,6 +129,7 @@ class EventWriter:
         self._space.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed_event = asyncio.Event()  # cuts a retry backoff short; new appends do not
         self._closed = False
         self.redis_ok = True
         self.stats = WriterStats()
@@ -208,6 +209,7 @@ class EventWriter:
         if self._closed:
             return
         self._closing = True
+        self._closed_event.set()
         self._kick()
         if self._task is not None:
             # Wait until flushed, or until the flusher gives up (it stops at the first failure once closing).
@@ -314,8 +316,10 @@ class EventWriter:
             self._idle.set()
 
     async def _sleep(self, seconds: float) -> None:
+        """The retry backoff while Redis is down: appends keep queueing (and wake the flusher's event), but
+        only closing ends the wait early, so an outage is probed at the backoff's pace, not per append."""
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(self._closed_event.wait(), seconds)
         except asyncio.TimeoutError:
             pass
         self._wake.clear()

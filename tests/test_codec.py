@@ -178,3 +178,12 @@ def test_text_payload_reads_as_text(sync_redis):
     _append(sync_redis, script, "txt", [record])
     [(_, fields)] = sync_redis.xrange(Keys().events("txt"))
     assert fields[b"data"].decode("utf-8") == text
+
+
+@pytest.mark.parametrize("ts", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_timestamps_are_refused_before_append(ts):
+    from eventstore.codec import InvalidRecord, encode_for_append
+    from eventstore.records import Connected
+
+    with pytest.raises(InvalidRecord):
+        encode_for_append(Connected(room="r", session="s", ts=ts))

@@ -149,3 +149,10 @@ def test_partition_is_stable_and_in_range():
     assert partition_of("room-1", 16) == binascii.crc32(b"room-1") % 16
     assert partition_of("日本語", 7) == binascii.crc32("日本語".encode()) % 7
     assert all(0 <= partition_of(r, 16) < 16 for r in HOSTILE)
+
+
+def test_lone_surrogate_is_an_invalid_key_part():
+    from eventstore.keys import InvalidKeyPart, encode_name
+
+    with pytest.raises(InvalidKeyPart):
+        encode_name("room \udcff")
