@@ -185,8 +185,10 @@ class ProjectionRunner(Generic[S]):
             await self.catch_up_room(room)
 
     async def run(self, *, until_caught_up: bool = False) -> int:
-        """Consume until :meth:`stop` (or, with ``until_caught_up``, until nothing is left). Returns the number
-        of records applied."""
+        """Consume until :meth:`stop` (or, with ``until_caught_up``, until no room of any partition is behind
+        its stream: partitions held by another instance count too, so a burst run started next to a dead or
+        busy instance waits for their leases instead of exiting with work left). Returns the number of records
+        applied."""
         total = await load_partitions(self._redis, self.keys)
         self.group = FeedGroup(self._redis, self.keys, self.projection.name, self.instance, total,
                                lease_ms=self.lease_ms)
@@ -203,7 +205,7 @@ class ProjectionRunner(Generic[S]):
                 entries = await self.group.read(block_ms=block)
                 if entries:
                     await self._handle(entries)
-                elif until_caught_up and not await self.rooms_behind(self.group.owned, total):
+                elif until_caught_up and not await self.rooms_behind(set(range(total)), total):
                     break
                 elif not self.group.owned:
                     await self._wait(self.block_ms / 1000)
