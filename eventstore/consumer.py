@@ -104,6 +104,7 @@ class ProjectionRunner(Generic[S]):
         self.group: FeedGroup | None = None
         self.applied = 0
         self._stop = asyncio.Event()
+        self._renew_at = 0.0
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the room it is on."""
@@ -113,10 +114,25 @@ class ProjectionRunner(Generic[S]):
         await self.dead.write(bad.room, f"consumer:{self.projection.name}", bad.entry_id, bad.reason,
                               dict(bad.fields))
 
+    async def _keep_leases(self) -> None:
+        """Renew the partition leases when due, also in the middle of long work: catching up a backlog can take
+        longer than a lease, and an instance whose leases run out while it works has its partitions taken over
+        (two instances on the same rooms) and finds them lost when it is done."""
+        if self.group is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now >= self._renew_at:
+            self._renew_at = now + self.lease_ms / 3000
+            await self.group.renew()
+
+    def _owns(self, room: str) -> bool:
+        return self.group is None or partition_of(room, self.group.partitions) in self.group.owned
+
     async def catch_up_room(self, room: str) -> int:
         """Apply every record of ``room`` after its checkpoint. Returns how many were applied (saved)."""
         applied = 0
         while True:
+            await self._keep_leases()
             state, ckpt = await self.store.load(room)
             start = _next_id(ckpt.entry_id) if ckpt.entry_id else "-"
             page = await self._redis.xrange(self.keys.events(room), min=start, count=self.chunk)
@@ -169,7 +185,8 @@ class ProjectionRunner(Generic[S]):
         rooms = dict.fromkeys(f.get(b"room", b"").decode("utf-8", "replace") for _, _, f in entries)
         for room in rooms:
             _honour_cancellation()
-            if room:
+            await self._keep_leases()
+            if room and self._owns(room):  # a partition lost meanwhile is its new owner's job
                 await self.catch_up_room(room)
         await self.group.ack(entries)  # type: ignore[union-attr]
 
@@ -182,7 +199,9 @@ class ProjectionRunner(Generic[S]):
                 await self._handle(pending)
         for room in await self.rooms_behind(gained, total):
             _honour_cancellation()
-            await self.catch_up_room(room)
+            await self._keep_leases()
+            if self._owns(room):
+                await self.catch_up_room(room)
 
     async def run(self, *, until_caught_up: bool = False) -> int:
         """Consume until :meth:`stop` (or, with ``until_caught_up``, until no room of any partition is behind
@@ -199,7 +218,7 @@ class ProjectionRunner(Generic[S]):
                 _honour_cancellation()
                 if loop.time() >= next_rebalance:
                     gained, _ = await self.group.rebalance()
-                    next_rebalance = loop.time() + self.lease_ms / 3000
+                    next_rebalance = self._renew_at = loop.time() + self.lease_ms / 3000
                     await self._on_gained(gained, total)
                 block = 50 if until_caught_up else self.block_ms
                 entries = await self.group.read(block_ms=block)

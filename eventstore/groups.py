@@ -71,17 +71,29 @@ class FeedGroup:
         pipe.zcard(key)
         return int((await pipe.execute())[2])
 
-    async def rebalance(self) -> tuple[set[int], set[int]]:
-        """Renew owned leases, take free partitions up to the fair share, release extras.
-        Returns (gained, lost) partitions."""
-        live = max(await self.heartbeat(), 1)
-        target = math.ceil(self.partitions / live)
+    async def renew(self) -> set[int]:
+        """Heartbeat and renew the owned leases, taking and giving up nothing (for long work between
+        rebalances). Returns the partitions whose lease was lost."""
+        await self.heartbeat()
+        return await self._renew_owned()
+
+    async def _renew_owned(self) -> set[int]:
         lost: set[int] = set()
         for p in sorted(self.owned):
             if not await self._renew(keys=[self.keys.partition_lock(self.group, p)],
                                      args=[self.instance, self.lease_ms]):
                 lost.add(p)
         self.owned -= lost
+        if lost:
+            log.warning("consumer %s/%s: leases of partitions %s lost", self.group, self.instance, sorted(lost))
+        return lost
+
+    async def rebalance(self) -> tuple[set[int], set[int]]:
+        """Renew owned leases, take free partitions up to the fair share, release extras.
+        Returns (gained, lost) partitions."""
+        live = max(await self.heartbeat(), 1)
+        target = math.ceil(self.partitions / live)
+        lost = await self._renew_owned()
         while len(self.owned) > target:
             p = max(self.owned)
             await self.release(p)
