@@ -38,6 +38,11 @@ THIRD_PARTY_WARNING_FILTERS = (
     # PyJWT (via livekit.api.AccessToken) warns that the dev secret "secret" (6 bytes) is short.
     # The harness uses livekit-server's dev keys devkey/secret on purpose.
     "ignore:The HMAC key is 6 bytes long:jwt.warnings.InsecureKeyLengthWarning",
+    # When a hypothesis test fails, its pytest plugin reports explicit-example patches through
+    # hypothesis.extra._patching, which imports libcst, whose type_inference_provider subclasses
+    # mypy_extensions.TypedDict. mypy_extensions warns with stacklevel=2, so the warning is attributed to that
+    # libcst module. Turned into an error it becomes an INTERNALERROR that hides the real failure.
+    r"ignore:mypy_extensions\.TypedDict is deprecated:DeprecationWarning:libcst\.metadata\.type_inference_provider",
 )
 
 

@@ -29,7 +29,12 @@ from eventstore.records import (
 
 ROOMS = ("room-a", "room-b", "room-c", "room/ü d")
 IDENTITIES = ("alice", "bob", "carol", "dave", "erin")
-PARTICIPANT_REASONS = ("CLIENT_INITIATED", "DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED", "SIGNAL_CLOSE", "UNKNOWN")
+PARTICIPANT_REASONS = ("CLIENT_INITIATED", "DUPLICATE_IDENTITY", "PARTICIPANT_REMOVED", "SIGNAL_CLOSE", "UNKNOWN",
+                       "UNKNOWN_REASON")
+NO_REASON = "UNKNOWN_REASON"  # what LiveKit reports for a full reconnect's synthetic departures
+# records after which a departure with no reason is still undecided (suspect); reconnecting decides it differently
+KEEPS_SUSPECTS = (ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed, VideoTrackUnsubscribed,
+                  CallStateUpdated)
 SESSION_REASONS = ("left", "drained", "room_closed", "removed", "pipeline_error", "connection_lost",
                    "join_failed", "restart_budget_exhausted", "failed", "")
 BASE_TS = 1_700_000_000.0
@@ -127,7 +132,10 @@ class RoomHistory:
     """One room's records and what the participants and call-state projections must conclude from them.
 
     ``bot`` is ``in``, ``away`` (will rejoin) or ``out``; ``world`` is who is really in the room; ``present``
-    is who the participants projection shows present (it cannot see changes while the bot is away).
+    is who the participants projection shows present (it cannot see changes while the bot is away); ``suspect``
+    who really left with no reason (``UNKNOWN_REASON``) and is not decided yet (no record but more departures,
+    unsubscribes and ``call_state_updated`` since); ``pending`` who a full reconnect reported gone, in a reconnect
+    window that is still open (the bot is away after a failed full reconnect).
     """
 
     room: str
@@ -135,6 +143,8 @@ class RoomHistory:
     bot: str = "out"
     world: dict[str, str] = field(default_factory=dict)  # identity -> sid
     present: set[str] = field(default_factory=set)
+    suspect: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)
     state: str = "initialized"
     phase: str = "idle"
     joins: Counter[str] = field(default_factory=Counter)
@@ -153,12 +163,23 @@ class _Sim:
         self.seq, self.ts, self.sessions, self.sids = 0, BASE_TS, 0, 0
         self.session = ""
         self.gone_with_session: set[str] = set()  # last departure was only the bot's session ending
+        # Real departures with no reason that a reconnecting made provisional: until that window closes they must
+        # not come back, because a return inside it looks exactly like a full reconnect's (presence continues).
+        self.no_return: set[str] = set()
 
     def emit(self, cls: type[Record], **fields: Any) -> None:
         self.seq += 1
         self.ts += self.draw(st.sampled_from((0.001, 0.5, 1.0, 7.25, 60.0)))
         self.h.records.append(cls(seq=self.seq, room=self.h.room, session=self.session, ts=self.ts,
                                   producer="sim", epoch=self.sessions, **fields))
+        h = self.h
+        if not h.suspect or cls in KEEPS_SUSPECTS:
+            return
+        if cls is Reconnecting:  # the suspects become the window's provisional departures
+            self.no_return |= h.suspect
+        elif h.state in ("joined", "leaving"):  # committed: the phase catches up
+            h.phase = "active" if h.world else "waiting"
+        h.suspect.clear()
 
     def pick(self, options: Any) -> Any:
         return self.draw(st.sampled_from(sorted(options)))
@@ -179,8 +200,23 @@ class _Sim:
         self.h.present.discard(who)
         (self.gone_with_session.add if session_end else self.gone_with_session.discard)(who)
 
+    def seen_back(self, who: str) -> None:
+        """A full reconnect's provisional departure confirmed: presence continues."""
+        self.h.pending.discard(who)
+        self.h.present.add(who)
+
+    def close_window(self, snapshot: list[str]) -> None:
+        """A snapshot decides the provisional departures: back if listed, else they left (when they said)."""
+        for who in sorted(self.h.pending):
+            if who in snapshot:
+                self.seen_back(who)
+            else:
+                self.seen_leave(who)
+        self.h.pending.clear()
+        self.no_return.clear()
+
     def sync_phase(self) -> None:
-        self.h.phase = "active" if self.h.world else "waiting"
+        self.h.phase = "active" if self.h.world or self.h.suspect else "waiting"  # a suspect holds the phase
 
     def new_sid(self) -> str:
         self.sids += 1
@@ -190,7 +226,7 @@ class _Sim:
     def silent_changes(self) -> None:
         for who in self.subset(self.h.world):
             del self.h.world[who]
-        for who in self.subset(set(IDENTITIES) - set(self.h.world)):
+        for who in self.subset(set(IDENTITIES) - set(self.h.world) - self.no_return):
             self.h.world[who] = self.new_sid()
         self.h.audio.clear()
         self.h.video.clear()
@@ -205,8 +241,11 @@ class _Sim:
         early = self.subset(h.world)
         for who in early:
             self.emit(ParticipantConnected, participant_id=who, participant_sid=h.world[who])
+            if who in h.pending:
+                self.seen_back(who)
         snapshot = sorted(h.world)
         self.emit(Connected, identity=f"bot-{self.sessions}", participants=snapshot)
+        self.close_window(snapshot)
         for who in sorted(h.present - set(h.world)):
             self.seen_leave(who)
         for who in snapshot:
@@ -224,6 +263,10 @@ class _Sim:
         if rejoin:
             h.bot, h.state = "away", "reconnecting"
             return
+        for who in sorted(h.pending):  # they left as their provisional departure said, not by the session's end
+            self.seen_leave(who)
+        h.pending.clear()
+        self.no_return.clear()
         for who in sorted(h.present):
             self.seen_leave(who, session_end=True)
         failed = reason in ("restart_budget_exhausted", "join_failed", "connection_lost", "pipeline_error")
@@ -267,6 +310,8 @@ class _Sim:
         for track in self.subset(audio):
             self.emit(AudioTrackUnsubscribed, participant_id=who, participant_sid=sid, track_sid=track)
         reason = self.pick(PARTICIPANT_REASONS)
+        if reason == NO_REASON:  # undecided until the next record that is not a departure or the like
+            h.suspect.add(who)
         pair = [(ParticipantDisconnected, {"reason": reason}),
                 (ParticipantLeft, {"reason": "disconnected", "disconnect_reason": reason})]
         shape = self.draw(st.sampled_from(("pair", "reversed", "first", "second")))
@@ -316,43 +361,108 @@ class _Sim:
             h.data_bytes[who] += len(payload)
 
     def resume(self) -> None:
-        """rtc resume: reconnecting, (people may come and go unseen), reconnected with the snapshot."""
+        """rtc resume: reconnecting, call_state_updated, (people may come and go unseen), reconnected with the
+        snapshot."""
         h = self.h
         self.emit(Reconnecting)
+        self.emit(CallStateUpdated, state="reconnecting", previous="joined", phase=h.phase, cause="reconnecting")
         leavers = self.subset(h.world)  # who leaves unseen cannot come back unseen: that would look continuous
         for who in leavers:
             del h.world[who]
             h.audio.pop(who, None)
             h.video.pop(who, None)
-        for who in self.subset(set(IDENTITIES) - set(h.world) - set(leavers)):
+        for who in self.subset(set(IDENTITIES) - set(h.world) - set(leavers) - self.no_return):
             h.world[who] = self.new_sid()
         self.reconnected()
 
-    def full_reconnect(self) -> None:
-        """rtc full reconnect: a synthetic departure for everyone, re-created participants, reconnected."""
+    def synthetic_departures(self) -> list[tuple[type[Record], dict[str, Any]]]:
+        """What a full reconnect reports first, in the order measured with rtc 1.2.1 + pipecat 1.14: every remote
+        participant gone with no reason (pipecat's pair each; pairs may interleave), *before* ``reconnecting``.
+        Their track unsubscribes trail (pipecat delays track handlers): some here, the rest (returned) after
+        ``reconnecting``."""
         h = self.h
-        self.emit(Reconnecting)
-        for who, sid in sorted(h.world.items()):
-            self.emit(ParticipantDisconnected, participant_id=who, participant_sid=sid, reason="UNKNOWN")
-            self.emit(ParticipantLeft, participant_id=who, participant_sid=sid, disconnect_reason="UNKNOWN")
+        unsubscribes: list[tuple[type[Record], dict[str, Any]]] = []
+        for who, tracks in sorted(h.audio.items()):
+            unsubscribes += [(AudioTrackUnsubscribed, {"participant_id": who, "participant_sid": h.world[who],
+                                                       "track_sid": t}) for t in sorted(tracks)]
+        for who, by_sid in sorted(h.video.items()):
+            unsubscribes += [(VideoTrackUnsubscribed, {"participant_id": who, "participant_sid": h.world[who],
+                                                       "track_sid": t, "video_source": s})
+                             for t, s in sorted(by_sid.items())]
         h.audio.clear()
         h.video.clear()
+        departures: list[tuple[type[Record], dict[str, Any]]] = []
+        for who, sid in sorted(h.world.items()):
+            departures.append((ParticipantDisconnected, {"participant_id": who, "participant_sid": sid,
+                                                         "reason": NO_REASON}))
+            departures.append((ParticipantLeft, {"participant_id": who, "participant_sid": sid,
+                                                 "disconnect_reason": NO_REASON}))
+        if self.draw(st.booleans()):  # all participant_disconnected first, then all participant_left
+            departures = departures[::2] + departures[1::2]
+        for cls, fields in departures:
+            self.emit(cls, **fields)
+        h.pending |= set(h.world) & h.present
+        h.present -= h.pending
+        late = []
+        for cls, fields in unsubscribes:
+            if self.draw(st.booleans()):
+                self.emit(cls, **fields)
+            else:
+                late.append((cls, fields))
+        return late
+
+    def full_reconnect(self) -> None:
+        """rtc full reconnect in the real order: synthetic departures, reconnecting, call_state_updated, trailing
+        unsubscribes, re-created participants (not every one reported before reconnected), reconnected, and the
+        tracks subscribed again around it."""
+        h = self.h
+        subscribed = [(w, t, "") for w, ts in sorted(h.audio.items()) for t in sorted(ts)]
+        subscribed += [(w, t, s) for w, ts in sorted(h.video.items()) for t, s in sorted(ts.items())]
+        late = self.synthetic_departures()
+        self.emit(Reconnecting)
+        self.emit(CallStateUpdated, state="reconnecting", previous="joined", phase=h.phase, cause="reconnecting")
+        for cls, fields in late:
+            self.emit(cls, **fields)
         leavers = self.subset(h.world)
         for who in leavers:
             del h.world[who]
-        for who in self.subset(set(IDENTITIES) - set(h.world) - set(leavers)):
+        for who in self.subset(set(IDENTITIES) - set(h.world) - set(leavers) - self.no_return):
             h.world[who] = self.new_sid()
+        reported: list[str] = []
         for who in sorted(h.world):
             h.world[who] = self.new_sid()
             if self.draw(st.booleans()):  # not every re-created participant is reported before reconnected
                 self.emit(ParticipantConnected, participant_id=who, participant_sid=h.world[who])
-                if who not in h.present:
+                if not reported:  # pipecat fires first_participant_joined again
+                    self.emit(FirstParticipantJoined, participant_id=who, participant_sid=h.world[who])
+                reported.append(who)
+                if who in h.pending:
+                    self.seen_back(who)
+                elif who not in h.present:
                     self.seen_join(who)
+        again = [(w, t, s) for w, t, s in subscribed if w in h.world and self.draw(st.booleans())]
+        early = [sub for sub in again if sub[0] in reported and self.draw(st.booleans())]
+        for sub in early:
+            self.resubscribe(*sub)
         self.reconnected()
+        for sub in again:
+            if sub not in early:
+                self.resubscribe(*sub)
+
+    def resubscribe(self, who: str, track: str, source: str) -> None:
+        h = self.h
+        if source:
+            h.video.setdefault(who, {})[track] = source
+            self.emit(VideoTrackSubscribed, participant_id=who, participant_sid=h.world[who], track_sid=track,
+                      video_source=source)
+        else:
+            h.audio.setdefault(who, set()).add(track)
+            self.emit(AudioTrackSubscribed, participant_id=who, participant_sid=h.world[who], track_sid=track)
 
     def reconnected(self) -> None:
         h = self.h
         self.emit(Reconnected, participants=sorted(h.world))
+        self.close_window(sorted(h.world))
         for who in sorted(h.present - set(h.world)):
             self.seen_leave(who)
         for who in sorted(set(h.world) - h.present):
@@ -366,7 +476,10 @@ class _Sim:
             self.emit(BeforeDisconnect)
             self.emit(Disconnected, reason="CLIENT_INITIATED", local=True)
         elif shape == "reconnect_failed":
+            late = self.synthetic_departures() if self.draw(st.booleans()) else []  # a full reconnect that fails
             self.emit(Reconnecting)
+            for cls, fields in late:
+                self.emit(cls, **fields)
             self.emit(Disconnected, reason="CONNECTION_TIMEOUT")
         else:
             self.emit(Disconnected, reason="SIGNAL_CLOSE")

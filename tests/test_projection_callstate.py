@@ -9,9 +9,9 @@ from strategies import RoomHistory, Script, record_sequences, valid_room_history
 from eventstore.projections import CALL_STATE, CallState, StateCodec, fold, transition, updated_record
 from eventstore.projections.callstate import ANOMALY_LIMIT, HISTORY_LIMIT, Cause
 from eventstore.records import (
-    AudioTrackSubscribed, BeforeDisconnect, CallStateUpdated, Connected, DataReceived, Disconnected,
-    FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected, ParticipantLeft, Reconnected,
-    Reconnecting, Record, SessionEnded, SessionStarted,
+    AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected, DataReceived,
+    Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected, ParticipantLeft,
+    Reconnected, Reconnecting, Record, SessionEnded, SessionStarted,
 )
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -80,7 +80,98 @@ def test_two_people_phase_stays_active_until_the_last_leaves() -> None:
     assert run(s).phase == "waiting"
 
 
-def test_full_reconnect_keeps_the_phase() -> None:
+def test_full_reconnect_in_the_real_order_keeps_the_phase() -> None:
+    """The records exactly as measured on a real LiveKit server (rtc 1.2.1, pipecat 1.14): the synthetic
+    departure, with no reason, comes before reconnecting."""
+    s = Script()
+    s(SessionStarted, cause="join", session="s1")
+    s(CallStateUpdated, state="joining", previous="initialized", phase="idle", cause="session_started")
+    s(Connected, participants=[])
+    s(CallStateUpdated, state="joined", previous="joining", phase="waiting", cause="connected")
+    s(ParticipantConnected, participant_id="alice", participant_sid="PA_1", kind="standard")  # 5
+    s(FirstParticipantJoined, participant_id="alice", participant_sid="PA_1")
+    s(AudioTrackSubscribed, participant_id="alice", participant_sid="PA_1", track_sid="TR_A")
+    s(ParticipantDisconnected, participant_id="alice", participant_sid="PA_1", reason="UNKNOWN_REASON")  # 8
+    s(ParticipantLeft, participant_id="alice", participant_sid="PA_1", disconnect_reason="UNKNOWN_REASON")
+    s(Reconnecting)  # 10
+    s(CallStateUpdated, state="reconnecting", previous="joined", phase="active", cause="reconnecting")
+    s(AudioTrackUnsubscribed, participant_id="alice", participant_sid="PA_1", track_sid="TR_A")
+    s(ParticipantConnected, participant_id="alice", participant_sid="PA_2", kind="standard")  # 13
+    s(FirstParticipantJoined, participant_id="alice", participant_sid="PA_2")
+    s(AudioTrackSubscribed, participant_id="alice", participant_sid="PA_2", track_sid="TR_A")
+    s(Reconnected, participants=["alice"])  # 16
+    assert states(s) == [("initialized", "idle"), ("joining", "idle"), ("joined", "waiting"), ("joined", "active"),
+                         ("reconnecting", "active"), ("joined", "active")]
+    after_departures = fold(CALL_STATE, s.room, s.records[:9])
+    assert (after_departures.remote, after_departures.suspect, after_departures.phase) == ((), ("alice",), "active")
+    after_reconnecting = fold(CALL_STATE, s.room, s.records[:10])
+    assert (after_reconnecting.suspect, after_reconnecting.pending) == ((), ("alice",))
+    state = run(s)
+    assert (state.remote, state.suspect, state.pending) == (("alice",), (), ())
+    assert state.counters.phase_changes == 2 and state.counters.resumes == 1 and state.anomalies == ()
+
+
+def test_resume_in_the_real_order() -> None:
+    s = joined(["alice"])
+    s(Reconnecting)
+    s(CallStateUpdated, state="reconnecting", previous="joined", phase="active", cause="reconnecting")
+    s(Reconnected, participants=["alice"])
+    assert states(s)[2:] == [("joined", "active"), ("reconnecting", "active"), ("joined", "active")]
+    state = run(s)
+    assert state.remote == ("alice",) and state.suspect == () and state.pending == () and state.anomalies == ()
+
+
+def test_a_leave_with_no_reason_moves_the_phase_at_the_next_record() -> None:
+    s = joined(["alice"])
+    s(ParticipantDisconnected, participant_id="alice", reason="UNKNOWN_REASON")
+    s(CallStateUpdated, state="joined", phase="active")  # none of these decide it
+    s(ParticipantLeft, participant_id="alice", disconnect_reason="UNKNOWN_REASON")
+    held = run(s)
+    assert (held.phase, held.remote, held.suspect) == ("active", (), ("alice",))
+    s(DataReceived, data=b"x")
+    state = run(s)
+    assert (state.state, state.phase, state.suspect) == ("joined", "waiting", ())
+    assert state.cause == Cause("data_received", s.seq, s.ts, "departed alice")
+    assert state.history[-1].from_phase == "active" and state.counters.phase_changes == held.counters.phase_changes + 1
+
+
+def test_a_committed_suspect_and_the_next_record_make_one_transition() -> None:
+    s = joined(["alice"])
+    s(ParticipantDisconnected, participant_id="alice", reason="")
+    before = run(s)
+    s(BeforeDisconnect)
+    state = run(s)
+    assert [(t.from_state, t.from_phase, t.to_state, t.to_phase) for t in state.history[len(before.history):]] == [
+        ("joined", "active", "leaving", "waiting")]
+    assert state.cause == Cause("before_disconnect", s.seq, s.ts, "local")
+    assert (state.counters.state_changes, state.counters.phase_changes) == (
+        before.counters.state_changes + 1, before.counters.phase_changes + 1)
+
+
+def test_someone_arriving_after_a_suspect_departure_keeps_the_call_active_without_a_transition() -> None:
+    s = joined(["alice"])
+    s(ParticipantDisconnected, participant_id="alice", reason="UNKNOWN_REASON")
+    before = run(s)
+    s(ParticipantConnected, participant_id="bob")
+    state = run(s)
+    assert (state.phase, state.remote, state.suspect) == ("active", ("bob",), ())
+    assert state.history == before.history and state.counters == before.counters and state.cause == before.cause
+
+
+def test_a_real_reason_on_the_other_record_of_the_pair_decides_at_once() -> None:
+    s = joined(["alice", "bob"])
+    s(ParticipantDisconnected, participant_id="alice", reason="UNKNOWN_REASON")
+    s(ParticipantDisconnected, participant_id="bob", reason="UNKNOWN_REASON")
+    s(ParticipantLeft, participant_id="bob", disconnect_reason="CLIENT_INITIATED")
+    assert (run(s).phase, run(s).suspect) == ("active", ("alice",))  # alice still holds the phase
+    s(ParticipantLeft, participant_id="alice", disconnect_reason="PARTICIPANT_REMOVED")
+    state = run(s)
+    assert (state.phase, state.suspect, state.remote) == ("waiting", (), ())
+    assert state.cause == Cause("participant_left", s.seq, s.ts, "alice")
+
+
+def test_departures_inside_the_reconnect_window_keep_the_phase_too() -> None:
+    """Not the order rtc 1.2.1 reports, but the same outcome."""
     s = joined(["alice", "bob"])
     s(Reconnecting)
     for who in ("alice", "bob"):
@@ -210,6 +301,8 @@ def fold_checked(records: list[Record], room: str) -> CallState:
     for record in records:
         state = CALL_STATE.apply(state, record)
         seen.append((state, CODEC.encode(state)))
+        where = [*state.remote, *state.suspect, *state.pending]  # each identity in one place at most
+        assert len(where) == len(set(where))
     for old, encoded in seen:
         assert CODEC.encode(old) == encoded
     return state
@@ -254,7 +347,7 @@ def test_valid_histories_are_understood(h: RoomHistory) -> None:
     assert state.anomalies == ()
     assert (state.state, state.phase) == (h.state, h.phase)
     if h.bot == "in":
-        assert set(state.remote) == set(h.world)
+        assert set(state.remote) == set(h.world) and set(state.suspect) == h.suspect
     # feeding the machine's own output back changes nothing
     with_feedback: list[Record] = []
     prev = CALL_STATE.initial(h.room)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import (
@@ -13,7 +14,7 @@ from strategies import (
 
 from eventstore.projections import PARTICIPANTS, ParticipantsState, StateCodec, fold
 from eventstore.projections.participants import (
-    ANOMALY_LIMIT, INFERRED, LEFT_WHILE_AWAY, SESSION_END, Track, presence_seconds, seconds_present,
+    ANOMALY_LIMIT, INFERRED, LEFT_WHILE_AWAY, OBSERVED, SESSION_END, Track, presence_seconds, seconds_present,
 )
 from eventstore.records import (
     AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected, DataReceived,
@@ -63,12 +64,25 @@ def test_join_and_leave_with_real_reason() -> None:
 
 def test_left_record_alone_keeps_pipecat_reason_and_later_pair_upgrades_it() -> None:
     s = joined(["alice"])
-    s(ParticipantLeft, participant_id="alice")  # pipecat's literal "disconnected", no LiveKit reason
-    assert run(s).left["alice"].reason == "disconnected"
-    s(ParticipantDisconnected, participant_id="alice", reason="PARTICIPANT_REMOVED")
+    s(ParticipantLeft, participant_id="alice")  # pipecat's literal "disconnected", no LiveKit reason: suspect
+    gone_at = s.ts
+    state = run(s)
+    assert "alice" not in state.left and state.suspect["alice"].reason == "disconnected"
+    s(ParticipantDisconnected, participant_id="alice", reason="PARTICIPANT_REMOVED")  # a real reason: real
     state = run(s)
     assert state.left["alice"].reason == "PARTICIPANT_REMOVED" and state.left["alice"].seen == 3
+    assert state.left["alice"].left_at == gone_at and state.suspect == {}
     assert state.counters.leaves == 1 and state.anomalies == ()
+
+
+def test_left_record_alone_is_committed_by_the_next_record() -> None:
+    s = joined(["alice"])
+    s(ParticipantLeft, participant_id="alice")
+    gone_at = s.ts
+    s(DataReceived, participant_id=None, data=b"x")
+    state = run(s)
+    assert state.suspect == {} and state.left["alice"].reason == "disconnected"
+    assert state.left["alice"].left_at == gone_at and state.counters.leaves == 1
 
 
 def test_rejoin_counts_once_and_time_adds_up() -> None:
@@ -93,7 +107,135 @@ def test_two_people() -> None:
     assert state.counters.joins == 2 and state.counters.peak_present == 2
 
 
-def test_full_reconnect_is_not_a_leave() -> None:
+def real_full_reconnect(resubscribe_before_reconnected: bool) -> Script:
+    """The records of a full reconnect of the bot exactly as measured on a real LiveKit server (rtc 1.2.1,
+    pipecat 1.14): the synthetic departure comes *before* ``reconnecting`` and gives no reason."""
+    s = Script()
+    s(SessionStarted, cause="join", session="s1")  # 1
+    s(CallStateUpdated, state="joining", previous="initialized", phase="idle", cause="session_started")
+    s(Connected, participants=[])  # 3
+    s(CallStateUpdated, state="joined", previous="joining", phase="waiting", cause="connected")
+    s(ParticipantConnected, participant_id="alice", participant_sid="PA_1", kind="standard")  # 5
+    s(FirstParticipantJoined, participant_id="alice", participant_sid="PA_1")
+    s(AudioTrackSubscribed, participant_id="alice", participant_sid="PA_1", track_sid="TR_A")  # 7
+    s(ParticipantDisconnected, participant_id="alice", participant_sid="PA_1", reason="UNKNOWN_REASON")
+    s(ParticipantLeft, participant_id="alice", participant_sid="PA_1", disconnect_reason="UNKNOWN_REASON")  # 9
+    s(Reconnecting)
+    s(CallStateUpdated, state="reconnecting", previous="joined", phase="active", cause="reconnecting")  # 11
+    s(AudioTrackUnsubscribed, participant_id="alice", participant_sid="PA_1", track_sid="TR_A")
+    s(ParticipantConnected, participant_id="alice", participant_sid="PA_2", kind="standard")  # 13
+    s(FirstParticipantJoined, participant_id="alice", participant_sid="PA_2")
+    if resubscribe_before_reconnected:
+        s(AudioTrackSubscribed, participant_id="alice", participant_sid="PA_2", track_sid="TR_A")  # 15
+        s(Reconnected, participants=["alice"])  # 16
+    else:
+        s(Reconnected, participants=["alice"])  # 15
+        s(AudioTrackSubscribed, participant_id="alice", participant_sid="PA_2", track_sid="TR_A")  # 16
+    return s
+
+
+@pytest.mark.parametrize("resubscribe_before_reconnected", [True, False])
+def test_full_reconnect_in_the_real_order_is_not_a_leave(resubscribe_before_reconnected: bool) -> None:
+    s = real_full_reconnect(resubscribe_before_reconnected)
+    states = [fold(PARTICIPANTS, s.room, s.records[:n]) for n in range(len(s.records) + 1)]
+    for n in (8, 9):  # departed with no reason: suspect, neither present nor left, presence still counting
+        mid = states[n]
+        assert mid.present == {} and mid.left == {} and list(mid.suspect) == ["alice"] and mid.pending == {}
+        assert mid.suspect["alice"].at == s.records[7].ts and mid.suspect["alice"].reason == "UNKNOWN_REASON"
+        assert mid.counters.leaves == 0 and seconds_present(mid, "alice", mid.last_ts) == mid.last_ts - BASE_TS - 5
+    assert states[9].suspect["alice"].seen == 3  # the pair, counted once
+    for n in (10, 11, 12):  # reconnecting: the suspect is the window's provisional departure
+        assert states[n].suspect == {} and list(states[n].pending) == ["alice"] and states[n].left == {}
+    assert states[13].present["alice"].joined_at == BASE_TS + 5 and states[13].pending == {}
+    state = states[-1]
+    assert list(state.present) == ["alice"] and state.left == {} and state.suspect == {} and state.pending == {}
+    alice = state.present["alice"]
+    assert (alice.joined_at, alice.sid, alice.audio) == (BASE_TS + 5, "PA_2", (Track("TR_A"),))
+    assert (state.people["alice"].joins, state.people["alice"].rejoins) == (1, 0)
+    assert (state.counters.joins, state.counters.leaves, state.counters.rejoins) == (1, 0, 0)
+    assert state.counters.reconnects == 1 and state.anomalies == () and state.bot == "connected"
+
+
+def test_resume_in_the_real_order_changes_nothing() -> None:
+    s = joined(["alice"])
+    s(AudioTrackSubscribed, participant_id="alice", track_sid="TR_A")
+    before = run(s)
+    s(Reconnecting)
+    s(CallStateUpdated, state="reconnecting", previous="joined", phase="active", cause="reconnecting")
+    s(Reconnected, participants=["alice"])
+    s(CallStateUpdated, state="joined", previous="reconnecting", phase="active", cause="reconnected")
+    state = run(s)
+    assert state.present == before.present and state.left == {} and state.suspect == {} and state.pending == {}
+    assert state.counters.reconnects == 1 and state.counters.leaves == 0 and state.anomalies == ()
+
+
+def test_full_reconnect_with_someone_really_gone_in_the_real_order() -> None:
+    s = joined(["alice", "bob"])
+    for who in ("alice", "bob"):
+        s(ParticipantDisconnected, participant_id=who, reason="UNKNOWN_REASON")
+    bob_gone_at = s.ts
+    for who in ("alice", "bob"):
+        s(ParticipantLeft, participant_id=who, disconnect_reason="UNKNOWN_REASON")
+    s(Reconnecting)
+    s(ParticipantConnected, participant_id="alice")
+    s(Reconnected, participants=["alice"])  # bob left during the reconnect
+    state = run(s)
+    assert list(state.present) == ["alice"] and state.present["alice"].joined_at == BASE_TS + 2
+    assert state.left["bob"].left_at == bob_gone_at and state.left["bob"].reason == "UNKNOWN_REASON"
+    assert state.counters.leaves == 1 and state.counters.rejoins == 0 and state.anomalies == ()
+
+
+@pytest.mark.parametrize("next_record", [
+    "data", "bob_connects", "alice_returns", "track", "before_disconnect", "disconnected", "session_ended",
+    "session_started"])
+def test_a_leave_with_no_reason_not_followed_by_reconnecting_counts_at_its_own_time(next_record: str) -> None:
+    s = joined(["alice"])
+    s(AudioTrackSubscribed, participant_id="alice", track_sid="TR_A")
+    s(ParticipantDisconnected, participant_id="alice", reason="UNKNOWN_REASON")
+    gone_at = s.ts
+    s(CallStateUpdated, state="joined", phase="active")  # none of these decide it
+    s(AudioTrackUnsubscribed, participant_id="alice", track_sid="TR_A")
+    s(ParticipantLeft, participant_id="alice", disconnect_reason="UNKNOWN_REASON")
+    assert "alice" in run(s).suspect
+    {
+        "data": lambda: s(DataReceived, participant_id=None, data=b"x"),
+        "bob_connects": lambda: s(ParticipantConnected, participant_id="bob"),
+        "alice_returns": lambda: s(ParticipantConnected, participant_id="alice"),
+        "track": lambda: s(VideoTrackSubscribed, participant_id="alice", track_sid="TR_V"),
+        "before_disconnect": lambda: s(BeforeDisconnect),
+        "disconnected": lambda: s(Disconnected, reason="CLIENT_INITIATED", local=True),
+        "session_ended": lambda: s(SessionEnded, reason="left"),
+        "session_started": lambda: s(SessionStarted, cause="takeover", session="s2"),
+    }[next_record]()
+    state = run(s)
+    assert state.suspect == {} and state.counters.leaves == 1
+    if next_record == "alice_returns":
+        assert state.people["alice"].rejoins == 1 and state.present["alice"].joined_at == s.ts
+        assert state.people["alice"].seconds == gone_at - (BASE_TS + 2)
+        return
+    gone = state.left["alice"]
+    assert (gone.left_at, gone.reason, gone.kind, gone.seen) == (gone_at, "UNKNOWN_REASON", OBSERVED, 3)
+    assert state.people["alice"].seconds == gone_at - (BASE_TS + 2) and "alice" not in state.present
+
+
+def test_a_real_reason_on_the_other_record_of_the_pair_makes_it_real_at_once() -> None:
+    s = joined(["alice", "bob"])
+    s(ParticipantDisconnected, participant_id="bob", reason="UNKNOWN_REASON")
+    s(ParticipantDisconnected, participant_id="alice", reason="UNKNOWN_REASON")
+    alice_gone_at = s.ts
+    s(ParticipantLeft, participant_id="alice", disconnect_reason="CLIENT_INITIATED")
+    state = run(s)
+    assert list(state.suspect) == ["bob"] and state.left["alice"].reason == "CLIENT_INITIATED"
+    assert state.left["alice"].left_at == alice_gone_at and state.left["alice"].seen == 3
+    s(Reconnecting)  # bob's was a full reconnect's after all
+    s(Reconnected, participants=["alice", "bob"])  # alice came back during it: a new presence
+    state = run(s)
+    assert state.present["bob"].joined_at == BASE_TS + 2 and state.people["bob"].rejoins == 0
+    assert state.people["alice"].rejoins == 1 and state.counters.leaves == 1
+
+
+def test_departures_inside_the_reconnect_window_are_provisional_too() -> None:
+    """Not the order rtc 1.2.1 reports, but the same outcome: departures after reconnecting are provisional."""
     s = joined(["alice", "bob"])
     s(AudioTrackSubscribed, participant_id="alice", track_sid="TR_1")
     before = run(s)
@@ -279,12 +421,17 @@ def test_foreign_room_and_feedback_records_change_nothing_but_position() -> None
 
 
 def fold_checked(records: list, room: str) -> ParticipantsState:
-    """Fold while checking that no state, once produced, is ever changed by later steps."""
+    """Fold while checking that no state, once produced, is ever changed by later steps, and that every state
+    places each identity in at most one of present / suspect / pending / left, and counts consistently."""
     state = PARTICIPANTS.initial(room)
     seen = [(state, CODEC.encode(state))]
     for record in records:
         state = PARTICIPANTS.apply(state, record)
         seen.append((state, CODEC.encode(state)))
+        where = [*state.present, *state.suspect, *state.pending, *state.left]
+        assert len(where) == len(set(where))
+        c = state.counters
+        assert c.joins - c.leaves == len(state.present) + len(state.suspect) + len(state.pending)
     for old, encoded in seen:
         assert CODEC.encode(old) == encoded
     return state
@@ -311,12 +458,12 @@ def test_codec_round_trip_and_chunked_fold(records: list, data: st.DataObject) -
 def test_valid_histories_are_understood(h: RoomHistory) -> None:
     state = fold_checked(h.records, h.room)
     assert state.anomalies == ()
-    assert set(state.present) == h.present and state.pending == {}
+    assert set(state.present) == h.present and set(state.suspect) == h.suspect and set(state.pending) == h.pending
     assert {k: v.rejoins for k, v in state.people.items() if v.rejoins} == +h.rejoins
     assert {k: v.joins for k, v in state.people.items() if v.joins} == +h.joins
     assert {k: v.messages for k, v in state.people.items() if v.messages} == +h.messages
     assert {k: v.bytes for k, v in state.people.items() if v.bytes} == +h.data_bytes
-    assert state.counters.joins - state.counters.leaves == len(state.present)
+    assert state.counters.joins - state.counters.leaves == len(state.present) + len(state.suspect) + len(h.pending)
     if h.bot == "in":
         audio = {k: {t.track_sid for t in p.audio} for k, p in state.present.items() if p.audio}
         assert audio == {k: v for k, v in h.audio.items() if v}

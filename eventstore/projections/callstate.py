@@ -5,6 +5,13 @@
 (``idle``, ``waiting``, ``active``, ``ended``). Every transition carries its cause (record tag, seq, ts, reason).
 The full table and its reasons are in ``docs/callstate.md``.
 
+A departure with no LiveKit reason (``UNKNOWN_REASON`` or empty) is *suspect*: a full reconnect of the bot reports
+every remote participant gone that way before its ``reconnecting``. The identity moves from ``remote`` to
+``suspect`` and the phase holds. Further departures, track and ``call_state_updated`` records keep it suspect;
+``reconnecting`` turns it into ``pending`` (confirmed by a ``participant_connected`` or the snapshot); any other
+record first commits it (the phase is recomputed, if the bot is ``joined`` or ``leaving``) and is then applied,
+recording at most one transition whose cause is that record.
+
 ``call_state_updated`` records are this machine's output: as input they are a no-op, so the transport can feed
 its own records back. Records that do not fit the current state become anomalies (the last ``ANOMALY_LIMIT``);
 ``apply`` never raises. Deduplication by ``seq`` is the consumer runner's job.
@@ -19,11 +26,11 @@ import msgspec
 from msgspec.structs import replace
 
 from ..records import (
-    BeforeDisconnect, CallStateUpdated, Connected, Disconnected, FirstParticipantJoined, ParticipantConnected,
-    ParticipantDisconnected, ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted,
-    tag_of,
+    AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected, Disconnected, FirstParticipantJoined,
+    ParticipantConnected, ParticipantDisconnected, ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded,
+    SessionStarted, VideoTrackUnsubscribed, tag_of,
 )
-from .participants import Anomaly
+from .participants_model import Anomaly, is_suspect
 
 # state (Daily-compatible, plus reconnecting and failed)
 INITIALIZED: Final = "initialized"
@@ -49,6 +56,9 @@ FAILURE_REASONS: Final = frozenset(
     {"failed", "restart_budget_exhausted", "join_failed", "pipeline_error", "connection_lost"})
 # a session_started that may replace a session still live in the log without an anomaly
 TAKEOVER_CAUSES: Final = frozenset({"takeover"})
+# records that leave suspect departures undecided (see the module docstring); Reconnecting decides them itself
+_KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
+                                    VideoTrackUnsubscribed, CallStateUpdated, Reconnecting})
 
 
 class Cause(msgspec.Struct, frozen=True, gc=False):
@@ -79,9 +89,10 @@ class CallCounters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class CallState(msgspec.Struct, frozen=True, kw_only=True):
-    """``remote`` lists the remote identities in the room (join order); ``pending`` those not yet confirmed
-    inside an rtc reconnect window (the phase holds until the window closes). ``since`` is when ``state`` last changed; ``cause`` is the latest
-    transition's cause."""
+    """``remote`` lists the remote identities in the room (join order); ``suspect`` those reported gone with no
+    reason, not decided yet (the phase holds); ``pending`` those not yet confirmed inside an rtc reconnect window
+    (the phase holds until the window closes). An identity is in at most one of the three. ``since`` is when
+    ``state`` last changed; ``cause`` is the latest transition's cause."""
 
     room: str
     state: str = INITIALIZED
@@ -91,6 +102,7 @@ class CallState(msgspec.Struct, frozen=True, kw_only=True):
     cause: Cause | None = None
     reconnect: str = ""
     remote: tuple[str, ...] = ()
+    suspect: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
     history: tuple[Transition, ...] = ()
     counters: CallCounters = CallCounters()
@@ -142,6 +154,23 @@ def _ignore(s: CallState, r: Record, note: str) -> CallState:
     return _move(s, r, "", s.state, s.phase, note=note)
 
 
+def _settle(s: CallState, mid: CallState, nxt: CallState, r: Record) -> CallState:
+    """``nxt`` (a handler's result from ``mid``, which is ``s`` with its suspects committed and its phase
+    recomputed silently) with the bookkeeping of one transition ``s -> nxt`` instead of the handler's ``mid -> nxt``."""
+    step = nxt.history[-1] if nxt.history is not mid.history else None
+    counted_state = step is not None and step.from_state != step.to_state
+    counted_phase = step is not None and step.from_phase != step.to_phase
+    moved_state, moved_phase = s.state != nxt.state, s.phase != nxt.phase
+    c = nxt.counters
+    counters = replace(c, state_changes=c.state_changes + moved_state - counted_state,
+                       phase_changes=c.phase_changes + moved_phase - counted_phase)
+    if not (moved_state or moved_phase):
+        return replace(nxt, counters=counters, cause=s.cause, history=s.history)
+    cause = step.cause if step is not None else Cause(tag_of(r), r.seq, r.ts, "departed " + ",".join(s.suspect))
+    history = (s.history + (Transition(s.state, nxt.state, s.phase, nxt.phase, cause),))[-HISTORY_LIMIT:]
+    return replace(nxt, counters=counters, cause=cause, history=history)
+
+
 class CallStateMachine:
     """The ``call-state`` projection."""
 
@@ -168,11 +197,23 @@ class CallStateMachine:
 
     def apply(self, state: CallState, record: Record) -> CallState:
         handler = self._handlers.get(type(record))
+        if state.suspect and record.room == state.room and (
+                type(record) not in _KEEPS_SUSPECTS
+                or (type(record) is Reconnecting and state.state not in (JOINING, JOINED, LEAVING))):
+            return self._commit(state, record, handler)
         if handler is None:
             return state
         if record.room != state.room:
             return _ignore(state, record, f"record for room {record.room!r}")
         return handler(state, record)
+
+    @staticmethod
+    def _commit(s: CallState, r: Record, handler: Callable[[CallState, Any], CallState] | None) -> CallState:
+        """Commit the suspect departures (they left), then apply ``r``: one transition at most, caused by ``r``."""
+        phase = _phase(s.remote) if s.state in (JOINED, LEAVING) else s.phase
+        mid = replace(s, suspect=(), phase=phase)
+        nxt = handler(mid, r) if handler is not None else mid
+        return nxt if phase == s.phase else _settle(s, mid, nxt, r)
 
     @staticmethod
     def _session_started(s: CallState, r: SessionStarted) -> CallState:
@@ -206,10 +247,18 @@ class CallStateMachine:
         if not _in_room(s):
             return _ignore(s, r, f"participant left while {_label(s)}")
         pid = r.participant_id
+        if pid in s.suspect:  # the other record of pipecat's pair: a real reason makes the departure real
+            if is_suspect(r):
+                return s
+            suspect = tuple([p for p in s.suspect if p != pid])
+            phase = _phase(s.remote + suspect) if s.state in (JOINED, LEAVING) else s.phase
+            return _move(s, r, pid, s.state, phase, suspect=suspect)
         if pid not in s.remote:  # the other record of pipecat's pair, someone unconfirmed, or unknown
             return s
         remote = tuple([p for p in s.remote if p != pid])
-        phase = _phase(remote) if s.state in (JOINED, LEAVING) else s.phase
+        if s.state != RECONNECTING and is_suspect(r):  # maybe a full reconnect's: decided by the next record
+            return replace(s, remote=remote, suspect=s.suspect + (pid,))
+        phase = _phase(remote + s.suspect) if s.state in (JOINED, LEAVING) else s.phase
         return _move(s, r, pid, s.state, phase, remote=remote)
 
     @staticmethod
@@ -232,7 +281,7 @@ class CallStateMachine:
         # everyone is unconfirmed until re-reported or listed by the snapshot: a full reconnect reports a
         # synthetic departure for every remote participant, a resume may hide real ones
         return _move(s, r, "", RECONNECTING, s.phase, bump=("resumes",), reconnect=RESUME, remote=(),
-                     pending=_union(s.pending, s.remote))
+                     suspect=(), pending=_union(s.pending, s.remote + s.suspect))
 
     @staticmethod
     def _reconnected(s: CallState, r: Reconnected) -> CallState:

@@ -2,18 +2,28 @@
 
 Presence survives the bot's own trouble (rules and reasons: ``docs/callstate.md``, "Participants"):
 
+- A departure (``participant_disconnected`` / ``participant_left``) that gives no LiveKit reason (``UNKNOWN_REASON``
+  or empty, ``SUSPECT_REASONS``) is *suspect*: a full reconnect of the bot reports every remote participant gone
+  that way *before* its ``reconnecting``. The person moves from ``present`` to ``suspect`` (neither present nor
+  left, presence still counting). Further departures, unsubscribes and ``call_state_updated`` keep them suspect;
+  ``reconnecting`` makes them the window's provisional departures (``pending``, below); any other record first
+  commits them as real departures, at their own time and reason, and is then applied. A suspect whose other
+  pipecat record names a real reason left for real at once.
 - A *window* opens when the bot loses its view of the room (rtc ``reconnecting``, its ``disconnected``,
   ``session_ended(rejoin=True)``, a ``session_started`` the previous session never closed). Inside a
-  ``reconnecting`` window departures are provisional (``pending``): a full reconnect reports everyone gone.
-- The next snapshot (``connected`` / ``reconnected`` ``participants``) closes it: people in it keep their
-  presence (same ``joined_at``, no rejoin); pending people not in it left when their departure said; present
-  people neither in it nor re-reported since the window opened left at its start (``left_while_bot_away`` ...).
+  ``reconnecting`` window departures are provisional (``pending``) too.
+- A ``participant_connected`` for a pending person, or the next snapshot (``connected`` / ``reconnected``
+  ``participants``), keeps their presence (same ``joined_at``, no rejoin). The snapshot closes the window: pending
+  people not in it left when their departure said; present people neither in it nor re-reported since the window
+  opened left at its start (``left_while_bot_away`` ...).
 - ``session_ended(rejoin=False)`` marks everyone left with its reason. Joining again after a departure counts a
   rejoin, unless that departure was only the bot's session ending.
 - pipecat reports one departure twice (``participant_disconnected``, ``participant_left``): the second completes
   the first. Records that do not fit become anomalies (the last ``ANOMALY_LIMIT``); ``apply`` never raises.
+  A record for another room is only an anomaly: it decides nothing.
 
-Deduplication by ``seq`` is the consumer runner's job; this reducer applies what it is given.
+Deduplication by ``seq`` is the consumer runner's job; this reducer applies what it is given. The state types
+live in :mod:`.participants_model` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-import msgspec
 from msgspec.structs import replace
 
 from ..records import (
@@ -30,115 +39,35 @@ from ..records import (
     Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, VideoTrackSubscribed,
     VideoTrackUnsubscribed, tag_of,
 )
+from .participants_model import (
+    ABSENT_FROM_SNAPSHOT, ANOMALY_LIMIT, INFERRED, LEFT_WHILE_AWAY, LEFT_WHILE_RECONNECTING, OBSERVED,
+    SEEN_DISCONNECTED, SEEN_LEFT, SESSION_END, SUSPECT_REASONS, Anomaly, Departure, Pending, PersonStats, Present,
+    ParticipantsState, RoomCounters, Track, is_suspect, livekit_reason,
+)
 
-ANOMALY_LIMIT: Final = 20
-LEFT_WHILE_AWAY: Final = "left_while_bot_away"
-LEFT_WHILE_RECONNECTING: Final = "left_while_reconnecting"
-ABSENT_FROM_SNAPSHOT: Final = "absent_from_snapshot"
-# Departure.seen bits: which records of pipecat's pair (disconnected, left) reported this departure.
-SEEN_DISCONNECTED: Final = 1
-SEEN_LEFT: Final = 2
-# Departure.kind
-OBSERVED: Final = "observed"  # a participant_disconnected / participant_left record
-INFERRED: Final = "inferred"  # absent from the snapshot that closed a window
-SESSION_END: Final = "session_end"  # the bot's session ended for good; nobody saw them go
-
-
-class Anomaly(msgspec.Struct, frozen=True, gc=False):
-    """A record that did not fit the state it was applied to."""
-    seq: int
-    event: str
-    description: str
-
-
-class Track(msgspec.Struct, frozen=True, gc=False):
-    """A subscribed track; ``source`` is the video source (``camera``, ``screen_share``), empty for audio."""
-    track_sid: str
-    source: str = ""
-
-
-class Present(msgspec.Struct, frozen=True, kw_only=True):
-    """Someone in the room now. ``reported`` is false until a ``participant_connected`` confirms them after the
-    bot's latest (re)connection; a snapshot only keeps unreported people that it lists."""
-    identity: str
-    sid: str = ""
-    joined_at: float
-    reported: bool = True
-    audio: tuple[Track, ...] = ()
-    video: tuple[Track, ...] = ()
-
-
-class Departure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The latest departure of someone who is gone now."""
-    identity: str
-    sid: str = ""
-    joined_at: float
-    left_at: float
-    reason: str = ""
-    kind: str = OBSERVED
-    seen: int = 0
-
-
-class Pending(msgspec.Struct, frozen=True, kw_only=True):
-    """A provisional departure inside a reconnect window; ``who`` is the presence it may resume."""
-    who: Present
-    at: float
-    reason: str = ""
-    seen: int = 0
-
-
-class PersonStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Per identity, over the room's life. ``seconds`` sums closed presence intervals only."""
-    joins: int = 0
-    rejoins: int = 0
-    messages: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-
-
-class RoomCounters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    joins: int = 0
-    rejoins: int = 0
-    leaves: int = 0
-    data_messages: int = 0  # all data packets, including server ones
-    data_bytes: int = 0
-    server_messages: int = 0  # packets with no participant (sent by a server SDK)
-    server_bytes: int = 0
-    tracks_subscribed: int = 0
-    tracks_unsubscribed: int = 0
-    sessions: int = 0
-    reconnects: int = 0
-    bot_disconnects: int = 0
-    peak_present: int = 0
-    anomalies: int = 0
-
-
-class ParticipantsState(msgspec.Struct, frozen=True, kw_only=True):
-    """``bot`` is ``idle``, ``joining``, ``connected``, ``reconnecting`` or ``away``; ``window_ts`` is set while
-    a window is open and ``window_reason`` is what people absent from the closing snapshot left with."""
-    room: str
-    last_seq: int = 0
-    last_ts: float = 0.0
-    session: str = ""
-    bot: str = "idle"
-    window_ts: float | None = None
-    window_reason: str = ""
-    present: dict[str, Present] = {}
-    pending: dict[str, Pending] = {}
-    left: dict[str, Departure] = {}
-    people: dict[str, PersonStats] = {}
-    counters: RoomCounters = RoomCounters()
-    anomalies: tuple[Anomaly, ...] = ()
-
+__all__ = [
+    "ABSENT_FROM_SNAPSHOT", "ANOMALY_LIMIT", "INFERRED", "LEFT_WHILE_AWAY", "LEFT_WHILE_RECONNECTING", "OBSERVED",
+    "PARTICIPANTS", "SEEN_DISCONNECTED", "SEEN_LEFT", "SESSION_END", "SUSPECT_REASONS", "Anomaly", "Departure",
+    "ParticipantTracker", "ParticipantsState", "Pending", "PersonStats", "Present", "RoomCounters", "Track",
+    "is_suspect", "livekit_reason", "presence_seconds", "seconds_present",
+]
 
 _NO_STATS: Final = PersonStats()
 _TRACK_RECORDS: Final = {AudioTrackSubscribed: ("audio", True), AudioTrackUnsubscribed: ("audio", False),
                          VideoTrackSubscribed: ("video", True), VideoTrackUnsubscribed: ("video", False)}
 
 
+_RANK: Final = {"": 0, "disconnected": 1, "UNKNOWN_REASON": 2}  # anything else is a real reason
+# records that leave suspect departures undecided (see the module docstring); Reconnecting decides them itself
+_KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
+                                    VideoTrackUnsubscribed, CallStateUpdated, Reconnecting})
+_CAN_RECONNECT: Final = ("connected", "joining")
+
+
 def _better(old: str, new: str) -> str:
-    """Keep a real reason over pipecat's placeholder ``disconnected`` or nothing."""
-    return new if new and old in ("", "disconnected") else old
+    """Keep the more telling reason: a real one over LiveKit's ``UNKNOWN_REASON``, over pipecat's placeholder
+    ``disconnected``, over nothing."""
+    return new if _RANK.get(new, 3) > _RANK.get(old, 3) else old
 
 
 def _note(state: ParticipantsState, record: Record, description: str) -> ParticipantsState:
@@ -173,14 +102,26 @@ def _closed(stats: PersonStats, who: Present, at: float) -> PersonStats:
     return replace(stats, seconds=stats.seconds + max(0.0, at - who.joined_at))
 
 
+def _commit(s: ParticipantsState, gone: dict[str, Pending]) -> ParticipantsState:
+    """``s`` with the undecided departures ``gone`` (taken out of ``s.suspect``) made real, at their own time."""
+    suspect = {} if gone is s.suspect else {k: v for k, v in s.suspect.items() if k not in gone}
+    left, people = dict(s.left), dict(s.people)
+    for identity, pend in gone.items():
+        left[identity] = _departure(pend.who, pend.at, pend.reason, OBSERVED, pend.seen)
+        people[identity] = _closed(people.get(identity, _NO_STATS), pend.who, pend.at)
+    counters = replace(s.counters, leaves=s.counters.leaves + len(gone))
+    return replace(s, suspect=suspect, left=left, people=people, counters=counters)
+
+
 class _Draft:
     """A state's dicts, copied on first write (``own``), edited in place and frozen again by :meth:`build`."""
 
-    __slots__ = ("incr", "left", "notes", "owned", "pending", "people", "present", "record", "state")
+    __slots__ = ("incr", "left", "notes", "owned", "pending", "people", "present", "record", "state", "suspect")
 
     def __init__(self, state: ParticipantsState, record: Record) -> None:
         self.state, self.record = state, record
         self.present, self.pending, self.left, self.people = state.present, state.pending, state.left, state.people
+        self.suspect = state.suspect
         self.owned: set[str] = set()
         self.incr: dict[str, int] = {}
         self.notes: list[str] = []
@@ -255,7 +196,8 @@ class _Draft:
             tag = tag_of(record)
             fresh = tuple(Anomaly(record.seq, tag, text) for text in self.notes)
             anomalies = (anomalies + fresh)[-ANOMALY_LIMIT:]
-        return replace(state, present=self.present, pending=self.pending, left=self.left, people=self.people,
+        return replace(state, present=self.present, suspect=self.suspect, pending=self.pending, left=self.left,
+                       people=self.people,
                        counters=counters, anomalies=anomalies, last_seq=record.seq, last_ts=record.ts,
                        **changes)
 
@@ -294,6 +236,9 @@ class ParticipantTracker:
             return state
         if record.room != state.room:
             return _note(state, record, f"record for room {record.room!r}")
+        if state.suspect and (type(record) not in _KEEPS_SUSPECTS
+                              or (type(record) is Reconnecting and state.bot not in _CAN_RECONNECT)):
+            state = _commit(state, state.suspect)
         return handler(state, record)
 
     # hot paths (data, tracks, first joins, plain departures): shallow dict copies, one changed entry
@@ -363,15 +308,18 @@ class ParticipantTracker:
                        last_ts=r.ts)
 
     @staticmethod
-    def _gone(s: ParticipantsState, r: Record, pid: str, reason: str, bit: int) -> ParticipantsState:
+    def _gone(s: ParticipantsState, r: ParticipantDisconnected | ParticipantLeft, pid: str, reason: str,
+              bit: int) -> ParticipantsState:
         who = s.present.get(pid)
         if who is not None:
             present = dict(s.present)
             del present[pid]
-            if s.bot == "reconnecting":  # maybe a full reconnect's synthetic departure
-                pending = dict(s.pending)
-                pending[pid] = Pending(who=replace(who, audio=(), video=()), at=r.ts, reason=reason, seen=bit)
-                return replace(s, present=present, pending=pending, last_seq=r.seq, last_ts=r.ts)
+            # maybe a full reconnect's synthetic departure: inside its window, or just before its reconnecting
+            where = "pending" if s.bot == "reconnecting" else "suspect" if is_suspect(r) else ""
+            if where:
+                undecided = dict(getattr(s, where))
+                undecided[pid] = Pending(who=replace(who, audio=(), video=()), at=r.ts, reason=reason, seen=bit)
+                return replace(s, present=present, last_seq=r.seq, last_ts=r.ts, **{where: undecided})
             left = dict(s.left)
             left[pid] = _departure(who, r.ts, reason, OBSERVED, bit)
             people = dict(s.people)
@@ -379,14 +327,18 @@ class ParticipantTracker:
             counters = replace(s.counters, leaves=s.counters.leaves + 1)
             return replace(s, present=present, left=left, people=people, counters=counters, last_seq=r.seq,
                            last_ts=r.ts)
-        where = "pending" if pid in s.pending else "left"
+        where = "suspect" if pid in s.suspect else "pending" if pid in s.pending else "left"
         earlier: Pending | Departure | None = getattr(s, where).get(pid)
         if earlier is None:
             return _note(s, r, f"departure of unknown participant {pid!r}")
         if earlier.seen & bit:
             return _note(s, r, f"repeated departure of {pid!r}")
-        mapping = dict(getattr(s, where))  # the other record of pipecat's pair
-        mapping[pid] = replace(earlier, seen=earlier.seen | bit, reason=_better(earlier.reason, reason))
+        # the other record of pipecat's pair
+        completed = replace(earlier, seen=earlier.seen | bit, reason=_better(earlier.reason, reason))
+        if isinstance(completed, Pending) and where == "suspect" and not is_suspect(r):
+            return replace(_commit(s, {pid: completed}), last_seq=r.seq, last_ts=r.ts)  # it names a real reason
+        mapping = dict(getattr(s, where))
+        mapping[pid] = completed
         return replace(s, last_seq=r.seq, last_ts=r.ts, **{where: mapping})
 
     def _session_started(self, s: ParticipantsState, r: SessionStarted) -> ParticipantsState:
@@ -414,6 +366,9 @@ class ParticipantTracker:
         d = _Draft(s, r)
         d.refresh(unreport=True, clear_tracks=False)
         d.count("reconnects")
+        if s.suspect:  # the departures just before were the full reconnect's: provisional now
+            d.own("pending").update(s.suspect)
+            d.own("suspect").clear()
         return d.build(bot="reconnecting", window_ts=_since(s, r),
                        window_reason=s.window_reason or LEFT_WHILE_RECONNECTING)
 
@@ -448,14 +403,15 @@ def seconds_present(state: ParticipantsState, identity: str, now: float) -> floa
     """Total time ``identity`` has been present: closed intervals plus the open one up to ``now``."""
     stats = state.people.get(identity, _NO_STATS)
     who = state.present.get(identity)
-    if who is None and identity in state.pending:
-        who = state.pending[identity].who
+    if who is None:  # an undecided departure keeps counting until it is decided
+        undecided = state.suspect.get(identity) or state.pending.get(identity)
+        who = undecided.who if undecided is not None else None
     open_part = max(0.0, now - who.joined_at) if who is not None else 0.0
     return stats.seconds + open_part
 
 
 def presence_seconds(state: ParticipantsState, now: float) -> dict[str, float]:
     """:func:`seconds_present` for every identity the room has seen."""
-    names = dict.fromkeys([*state.people, *state.present, *state.pending])
+    names = dict.fromkeys([*state.people, *state.present, *state.suspect, *state.pending])
     return {identity: seconds_present(state, identity, now) for identity in names}
 

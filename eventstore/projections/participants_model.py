@@ -1,0 +1,134 @@
+"""The state types of the ``participants`` projection (msgspec Structs) and the constants both reducers share.
+
+The reducer is :mod:`eventstore.projections.participants`; the rules are in its docstring and in
+``docs/callstate.md``. Everything here is re-exported from ``participants``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from ..records import ParticipantDisconnected, ParticipantLeft
+
+ANOMALY_LIMIT: Final = 20
+LEFT_WHILE_AWAY: Final = "left_while_bot_away"
+LEFT_WHILE_RECONNECTING: Final = "left_while_reconnecting"
+ABSENT_FROM_SNAPSHOT: Final = "absent_from_snapshot"
+# Departure.seen bits: which records of pipecat's pair (disconnected, left) reported this departure.
+SEEN_DISCONNECTED: Final = 1
+SEEN_LEFT: Final = 2
+# Departure.kind
+OBSERVED: Final = "observed"  # a participant_disconnected / participant_left record
+INFERRED: Final = "inferred"  # absent from the snapshot that closed a window
+SESSION_END: Final = "session_end"  # the bot's session ended for good; nobody saw them go
+# LiveKit departure reasons that do not say anything: a full reconnect of the bot reports every remote participant
+# gone with one of these *before* its ``reconnecting``, so such a departure is only *suspect* until the next record.
+SUSPECT_REASONS: Final = frozenset({"", "UNKNOWN_REASON"})
+
+
+def livekit_reason(record: ParticipantDisconnected | ParticipantLeft) -> str:
+    """What LiveKit said about a departure (``participant_left.reason`` is pipecat's placeholder)."""
+    return record.disconnect_reason if isinstance(record, ParticipantLeft) else record.reason
+
+
+def is_suspect(record: ParticipantDisconnected | ParticipantLeft) -> bool:
+    """Whether a departure gives no reason, so it may be a full reconnect's synthetic one."""
+    return livekit_reason(record) in SUSPECT_REASONS
+
+
+class Anomaly(msgspec.Struct, frozen=True, gc=False):
+    """A record that did not fit the state it was applied to."""
+    seq: int
+    event: str
+    description: str
+
+
+class Track(msgspec.Struct, frozen=True, gc=False):
+    """A subscribed track; ``source`` is the video source (``camera``, ``screen_share``), empty for audio."""
+    track_sid: str
+    source: str = ""
+
+
+class Present(msgspec.Struct, frozen=True, kw_only=True):
+    """Someone in the room now. ``reported`` is false until a ``participant_connected`` confirms them after the
+    bot's latest (re)connection; a snapshot only keeps unreported people that it lists."""
+    identity: str
+    sid: str = ""
+    joined_at: float
+    reported: bool = True
+    audio: tuple[Track, ...] = ()
+    video: tuple[Track, ...] = ()
+
+
+class Departure(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The latest departure of someone who is gone now."""
+    identity: str
+    sid: str = ""
+    joined_at: float
+    left_at: float
+    reason: str = ""
+    kind: str = OBSERVED
+    seen: int = 0
+
+
+class Pending(msgspec.Struct, frozen=True, kw_only=True):
+    """A departure not decided yet: a *suspect* one (no reason, no ``reconnecting`` after it yet) or a
+    *provisional* one inside a reconnect window. ``who`` is the presence it may resume (tracks dropped), ``at``
+    and ``reason`` are what the departure said (used if it turns out real), ``seen`` its ``SEEN_*`` bits."""
+    who: Present
+    at: float
+    reason: str = ""
+    seen: int = 0
+
+
+class PersonStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Per identity, over the room's life. ``seconds`` sums closed presence intervals only."""
+    joins: int = 0
+    rejoins: int = 0
+    messages: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+class RoomCounters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    joins: int = 0
+    rejoins: int = 0
+    leaves: int = 0
+    data_messages: int = 0  # all data packets, including server ones
+    data_bytes: int = 0
+    server_messages: int = 0  # packets with no participant (sent by a server SDK)
+    server_bytes: int = 0
+    tracks_subscribed: int = 0
+    tracks_unsubscribed: int = 0
+    sessions: int = 0
+    reconnects: int = 0
+    bot_disconnects: int = 0
+    peak_present: int = 0
+    anomalies: int = 0
+
+
+class ParticipantsState(msgspec.Struct, frozen=True, kw_only=True):
+    """``bot`` is ``idle``, ``joining``, ``connected``, ``reconnecting`` or ``away``; ``window_ts`` is set while
+    a window is open and ``window_reason`` is what people absent from the closing snapshot left with.
+
+    Every identity is in at most one of ``present`` (in the room), ``suspect`` (reported gone with no reason;
+    decided by the next record), ``pending`` (gone inside a reconnect window; decided by its snapshot) and
+    ``left`` (gone). Suspect and pending people are neither present nor left yet, their presence keeps counting
+    (:func:`~eventstore.projections.participants.seconds_present`) and ``counters.leaves`` does not include
+    them: ``joins - leaves == len(present) + len(suspect) + len(pending)``."""
+    room: str
+    last_seq: int = 0
+    last_ts: float = 0.0
+    session: str = ""
+    bot: str = "idle"
+    window_ts: float | None = None
+    window_reason: str = ""
+    present: dict[str, Present] = {}
+    suspect: dict[str, Pending] = {}
+    pending: dict[str, Pending] = {}
+    left: dict[str, Departure] = {}
+    people: dict[str, PersonStats] = {}
+    counters: RoomCounters = RoomCounters()
+    anomalies: tuple[Anomaly, ...] = ()
