@@ -152,9 +152,10 @@ class Daemon:
             max_pending=s.writer.max_pending, max_block=s.writer.max_block, stream_maxlen=s.redis.stream_maxlen,
             on_written=self.metrics.on_written,
         )
-        self.metrics.watch_writer(lambda: self.writer.pending, lambda: self.writer.spooled_bytes)  # type: ignore[union-attr]
+        writer = self.writer
+        self.metrics.watch(lambda: writer.pending, lambda: writer.spooled_bytes, self.monitor.lag)
         self.livekit = lkapi.LiveKitAPI(s.livekit.url, s.livekit.api_key, s.livekit.api_secret, failover=False)
-        self.probes = Probes(self.redis, self.livekit, self.monitor)
+        self.probes = Probes(self.redis, self.livekit, self.monitor, self.metrics)
         if s.daemon.http_port:
             self.http = HttpEndpoint(s.daemon.http_host, s.daemon.http_port, self.probes.health, self.metrics.render)
             try:
@@ -276,7 +277,7 @@ class Daemon:
     def _context(self) -> SessionContext:
         assert self.writer is not None and self._run_session is not None
         return SessionContext(self.writer, self.leases, self.control, self.registry, self.metrics, self.id,
-                              lambda: self.settings, self._run_session)
+                              lambda: self.settings, self._run_session, self.livekit)
 
     async def _reconcile_loop(self) -> None:
         failing = False
@@ -343,6 +344,8 @@ class Daemon:
     async def _heartbeat_loop(self) -> None:
         interval = max(0.5, min(5.0, self.settings.daemon.lease_ttl / 3))
         while True:
+            if self.state != "starting" and self.probes is not None:
+                await self.probes.dependencies()  # keeps redis_ok/livekit_ok and their metrics current
             beat = Heartbeat(
                 id=self.id, instance=self.instance, host=socket.gethostname(), pid=os.getpid(), state=self.state,
                 started=self._started, updated=time.time(), max_rooms=self.settings.daemon.max_rooms,

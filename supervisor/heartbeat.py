@@ -42,7 +42,8 @@ async def write_heartbeat(redis: aioredis.Redis, keys: Keys, beat: Heartbeat, tt
 async def delete_heartbeat(redis: aioredis.Redis, keys: Keys, daemon_id: str, instance: str) -> None:
     """Remove this instance's heartbeat (not a successor's that reuses the id)."""
     raw = await redis.get(keys.daemon(daemon_id))
-    if raw is not None and _safe(raw) is not None and _safe(raw).instance == instance:  # type: ignore[union-attr]
+    beat = _safe(raw) if raw is not None else None
+    if beat is not None and beat.instance == instance:
         await redis.delete(keys.daemon(daemon_id))
 
 

@@ -97,7 +97,7 @@ class Leases:
     def __init__(self, redis: aioredis.Redis, keys: Keys, owner: str, ttl: float) -> None:
         if not owner:
             raise ValueError("a lease owner must be a non-empty string")
-        self._redis = redis
+        self.redis = redis
         self.keys = keys
         self.owner = owner
         self.ttl = ttl
@@ -121,7 +121,7 @@ class Leases:
         return bool(await self._release(keys=[self.keys.lease(room)], args=[self.owner, epoch]))
 
     async def info(self, room: str) -> LeaseInfo | None:
-        raw = await self._redis.hmget(self.keys.lease(room), "owner", "epoch", "expires")
+        raw = await self.redis.hmget(self.keys.lease(room), "owner", "epoch", "expires")
         if raw[1] is None:
             return None
         return LeaseInfo(_text(raw[0]), int(raw[1]), int(raw[2] or 0))
@@ -130,7 +130,7 @@ class Leases:
         """Claim several rooms in one round trip (each claim is still its own atomic script)."""
         if not rooms:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for room in rooms:
             await self._claim(keys=[self.keys.lease(room)], args=[self.owner, self.ttl_ms], client=pipe)
         replies = await pipe.execute()

@@ -38,7 +38,7 @@ class DaemonMetrics:
         self.spool_bytes = Gauge("room_supervisor_spool_bytes", "Bytes waiting in the local spool file",
                                  registry=r)
         self.loop_lag = Gauge("room_supervisor_loop_lag_seconds", "Largest recent event loop lag", registry=r)
-        for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit", "fenced"):
+        for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit"):
             self.errors.labels(kind)
         for cause in ("rejoin", "restart"):
             self.rejoins.labels(cause)
@@ -48,9 +48,11 @@ class DaemonMetrics:
         self.events_written.inc(count)
         self.append_latency.observe(seconds)
 
-    def watch_writer(self, pending: Callable[[], float], spooled: Callable[[], float]) -> None:
+    def watch(self, pending: Callable[[], float], spooled: Callable[[], float], loop_lag: Callable[[], float]) -> None:
+        """Gauges read when scraped: the writer's queue and spool, the event loop's lag."""
         self.writer_pending.set_function(pending)
         self.spool_bytes.set_function(spooled)
+        self.loop_lag.set_function(loop_lag)
 
     def set_sessions(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():

@@ -12,6 +12,7 @@ from livekit import api as lkapi
 from redis.exceptions import RedisError
 
 from .http import Health
+from .metrics import DaemonMetrics
 
 log = logging.getLogger("supervisor")
 
@@ -51,10 +52,12 @@ class LoopMonitor:
 
 
 class Probes:
-    def __init__(self, redis: aioredis.Redis, livekit: lkapi.LiveKitAPI, monitor: LoopMonitor) -> None:
+    def __init__(self, redis: aioredis.Redis, livekit: lkapi.LiveKitAPI, monitor: LoopMonitor,
+                 metrics: DaemonMetrics) -> None:
         self._redis = redis
         self.livekit = livekit
         self.monitor = monitor
+        self.metrics = metrics
         self.redis_ok = False
         self.livekit_ok = False
 
@@ -79,8 +82,12 @@ class Probes:
             return f"livekit: {type(exc).__name__}: {exc}"[:300]
 
     async def dependencies(self) -> list[str]:
-        """Problems with Redis and LiveKit (empty: both answer)."""
+        """Problems with Redis and LiveKit (empty: both answer). Updates the metrics."""
         problems = await asyncio.gather(self.redis_problem(), self.livekit_problem())
+        for name, problem in zip(("redis", "livekit"), problems):
+            self.metrics.dependency_up.labels(name).set(0 if problem else 1)
+            if problem:
+                self.metrics.errors.labels(name).inc()
         return [p for p in problems if p]
 
     async def health(self) -> Health:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from livekit import api as lkapi
 from redis.exceptions import RedisError
 
 from eventstore.writer import EventWriter
@@ -33,6 +34,7 @@ from transport.session import SessionOutcome, SessionSpec
 from transport.tokens import bot_identity
 
 from .control import Control, DesiredRoom
+from .ghosts import previous_bot, remove_bot
 from .leases import Claim, Leases
 from .metrics import DaemonMetrics
 from .registry import SessionRegistry
@@ -96,6 +98,7 @@ class SessionContext:
     producer: str
     settings: Callable[[], Settings]  # the current settings (SIGHUP may replace them)
     run_session: SessionRunner
+    livekit: lkapi.LiveKitAPI | None = None  # to remove a previous holder's bot after a takeover
 
 
 class RoomSession:
@@ -111,6 +114,7 @@ class RoomSession:
         self.last_outcome: SessionOutcome | None = None
         self.lease_lost = ""
         self._first_cause = claim.cause
+        self._took_over = claim.status == "TAKEOVER"
         self._last_renewed = claimed_at  # loop time at which the last successful claim/renew was sent
         self._stop = StopSignal()
         self._restart_to: DesiredRoom | None = None
@@ -170,12 +174,25 @@ class RoomSession:
     async def _run(self) -> None:
         keeper = asyncio.get_running_loop().create_task(self._keep_lease(), name=f"lease:{self.room}")
         try:
+            if self._took_over:
+                await self._remove_previous_bot()
             await self._sessions()
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             await self._release()
             await self.ctx.registry.remove(self)
+
+    async def _remove_previous_bot(self) -> None:
+        if self.ctx.livekit is None:
+            return
+        try:
+            identity = await asyncio.wait_for(previous_bot(self.ctx.leases.redis, self.ctx.leases.keys, self.room), 5)
+        except _REDIS_TROUBLE as exc:
+            self._log(logging.WARNING, "could not read the previous session: %r", exc)
+            return
+        if identity and await remove_bot(self.ctx.livekit, self.room, identity):
+            self._log(logging.INFO, "removed the previous holder's bot %s from LiveKit", identity)
 
     async def _sessions(self) -> None:
         cause, attempt, failures = self._first_cause, 0, 0
@@ -252,12 +269,16 @@ class RoomSession:
             self.ctx.metrics.rejoins.labels("rejoin").inc()
             self._log(logging.INFO, "LiveKit says come back (%s); rejoin in %.2fs", outcome.reason, delay)
             return "rejoin", delay
+        if not await self._still_holder():
+            return None
         self.state = "ended"
         if await self._control_call(self.ctx.control.end_room(self.room, self.desired)):
             self._log(logging.INFO, "the call is over (%s); room removed from desired state", outcome.reason)
         return None
 
     async def _give_up(self, outcome: SessionOutcome) -> None:
+        if not await self._still_holder():
+            return
         self.state = "failed"
         why = f"{outcome.reason}: {outcome.detail}"
         self.ctx.metrics.errors.labels("room_failed").inc()
@@ -300,6 +321,17 @@ class RoomSession:
                 self._lose("lease taken over by another daemon")
                 return
             self._last_renewed = sent
+
+    async def _still_holder(self) -> bool:
+        """Renew the lease now: only the holder may change the room's desired state (end it, fail it)."""
+        try:
+            if await asyncio.wait_for(self.ctx.leases.renew(self.room, self.epoch), 5):
+                return True
+            self._lose("lease taken over by another daemon")
+        except _REDIS_TROUBLE as exc:
+            self._lose(f"lease not confirmed ({exc!r})")
+        self.state = "lost"
+        return False
 
     def _lose(self, why: str) -> None:
         self.lease_lost = why

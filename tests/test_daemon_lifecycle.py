@@ -76,6 +76,8 @@ async def _running_and_observable(daemon: DaemonProcess, notify: NotifyListener,
     assert 'room_supervisor_sessions{state="running"} 20.0' in text
     assert "room_supervisor_append_latency_seconds_count" in text
     assert "room_supervisor_events_written_total" in text
+    assert 'room_supervisor_dependency_up{dependency="livekit"} 1.0' in text
+    assert 'room_supervisor_dependency_up{dependency="redis"} 1.0' in text
 
 
 async def _leave_through_the_cli(daemon: DaemonProcess, observer: Observer, left: list[str],

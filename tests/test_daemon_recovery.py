@@ -1,5 +1,6 @@
 """kill -9 the real daemon with 20 rooms, start it again: every desired room is joined again, and each room's
-stream says why (``session_started`` with cause ``takeover``: the lease of the dead instance ran out)."""
+stream says why (``session_started`` with cause ``takeover``: the lease of the dead instance ran out). The dead
+bots still listed by LiveKit are removed by the new holder."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ async def test_kill9_then_start_again_rejoins_every_room(tmp_path, redis_url, li
             return all(bots[room] == [new_identity[room]] for room in rooms)
 
         await async_wait_until(only_new_bots, 90, "only the new bots in LiveKit", 1.0)
+        # the new holder asked LiveKit to drop the dead bots instead of waiting for LiveKit to notice
+        assert "removed the previous holder's bot" in daemon.log_tail(2000)
 
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait_exit(60) == 0, daemon.log_tail()

@@ -132,8 +132,7 @@ async def test_a_daemon_whose_lease_is_taken_stops_at_once_and_is_fenced(tmp_pat
         seq = (await observer.records(stolen))[-1].seq
 
         await async_wait_until(lambda: _no_bots(observer, stolen), 30, "the bot of the stolen room to leave")
-        dead = await observer.redis.xrange(observer.keys.dead())
-        assert any(f[b"room"] == stolen.encode() and f[b"reason"].startswith(b"fenced") for _, f in dead)
+        await async_wait_until(lambda: _fenced(observer, stolen), 30, "the old session's last records fenced")
         assert [r for r in await observer.records(stolen) if r.seq > seq and r.epoch < epoch] == []
 
         await observer.wait_connected([stolen], timeout=60, after={stolen: seq})
@@ -148,6 +147,11 @@ async def test_a_daemon_whose_lease_is_taken_stops_at_once_and_is_fenced(tmp_pat
     finally:
         daemon.stop()
         await observer.aclose()
+
+
+async def _fenced(observer: Observer, room: str) -> bool:
+    dead = await observer.redis.xrange(observer.keys.dead())
+    return any(f[b"room"] == room.encode() and f[b"reason"].startswith(b"fenced") for _, f in dead)
 
 
 async def _no_bots(observer: Observer, room: str) -> bool:
