@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import msgspec
 
+from eventstore.keys import InvalidKeyPart, Keys
+
 
 class SettingsError(ValueError):
     """The configuration is invalid; the message says which setting and why."""
@@ -198,5 +200,9 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"daemon.http_port must be 0..65535, got {s.daemon.http_port}")
     if s.daemon.rejoin_base <= 0 or s.daemon.rejoin_max < s.daemon.rejoin_base:
         raise SettingsError("daemon.rejoin_base must be positive and not above daemon.rejoin_max")
+    try:
+        Keys(s.redis.prefix)
+    except InvalidKeyPart as exc:
+        raise SettingsError(f"redis.prefix: {exc}") from None
     if s.daemon.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"daemon.log_level must be DEBUG, INFO, WARNING or ERROR, got {s.daemon.log_level!r}")

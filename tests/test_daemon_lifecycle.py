@@ -89,6 +89,8 @@ async def _leave_through_the_cli(daemon: DaemonProcess, observer: Observer, left
     for room in left:
         await async_wait_until(lambda r=room: _ended(observer, r), 60, f"{room} to end its session")
         assert await observer.bots(room) == []
+        ended = [r for r in await observer.records(room) if type(r).__struct_config__.tag == "session_ended"]
+        assert (ended[-1].reason, ended[-1].rejoin) == ("left", False), ended[-1]
     again = run_cli("leave", left[0], config=daemon.config)
     assert again.returncode == 0 and "nothing changed" in again.stdout
     listed = run_cli("rooms", "--json", config=daemon.config)

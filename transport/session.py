@@ -57,7 +57,7 @@ class SessionSpec:
     token_ttl: float = 600.0
     attempt: int = 0
     cause: str = "join"  # join | rejoin | restart | takeover
-    stop_reason: str = "drained"  # reason recorded when `stop` ends the session (drained or left)
+    stop_reason: str = "drained"  # reason recorded when `stop` ends the session, unless `stop.reason` says
     end_timeout: float = 10.0  # how long a graceful leave may take before the pipeline is cancelled
 
 
@@ -132,8 +132,9 @@ class _Session:
         if run_task in done:
             return self._finished_by_itself(run_task)
         if stop.is_set() and not ended.is_set() and not self.pipeline_error:
-            await self._end_gracefully(run_task)
-            return SessionOutcome(self.spec.stop_reason, False)
+            reason = getattr(stop, "reason", "") or self.spec.stop_reason
+            await self._end_gracefully(run_task, reason)
+            return SessionOutcome(reason, False)
         await self._cancel(run_task)
         if self.pipeline_error:
             return SessionOutcome("pipeline_error", True, self.pipeline_error)
@@ -151,9 +152,9 @@ class _Session:
             return outcome_for_server_reason(self.transport.end_reason)
         return SessionOutcome("left", False, "the pipeline ended")
 
-    async def _end_gracefully(self, run_task: asyncio.Task[None]) -> None:
+    async def _end_gracefully(self, run_task: asyncio.Task[None], reason: str) -> None:
         assert self.runner is not None
-        await self.runner.end(reason=self.spec.stop_reason)
+        await self.runner.end(reason=reason)
         try:
             await asyncio.wait_for(asyncio.shield(run_task), self.spec.end_timeout)
         except asyncio.TimeoutError:
@@ -174,7 +175,10 @@ class _Session:
 
 
 async def run_session(spec: SessionSpec, writer: EventWriter, stop: asyncio.Event) -> SessionOutcome:
-    """Run one session of ``spec.room`` until it ends; see the module docstring."""
+    """Run one session of ``spec.room`` until it ends; see the module docstring.
+
+    ``stop`` may carry a ``reason`` attribute (``left``, ``drained``, ``restart``, ...) set with it; that is the
+    reason recorded when ``stop`` ends the session (else ``spec.stop_reason``)."""
     session = _Session(spec, writer)
     rec = session.recorder
     worker: PipelineWorker | None = None
