@@ -124,13 +124,30 @@ class Spool:
                 if len(payload) < length or zlib.crc32(payload) != crc:
                     self._drop_torn_tail(pos)
                     break
-                unit = self._decoder.decode(payload)
+                try:
+                    unit = self._decoder.decode(payload)
+                except msgspec.DecodeError as exc:
+                    # Intact framing but not a unit (a bug, or a spool from another version): set it aside
+                    # for people to inspect and go on, rather than stall every record behind it.
+                    self._set_aside(payload, pos, exc)
+                    pos += _HEADER.size + length
+                    if out:
+                        out[-1] = (out[-1][0], pos)  # consuming the unit before it consumes this frame too
+                    else:
+                        self._offset = pos
+                    continue
                 if unit.room in rooms:
                     break
                 rooms.add(unit.room)
                 pos += _HEADER.size + length
                 out.append((unit, pos))
         return out
+
+    def _set_aside(self, payload: bytes, pos: int, exc: Exception) -> None:
+        corrupt = self.path.with_name(self.path.name + ".corrupt")
+        log.error("spool %s: frame at offset %d does not decode (%s); moved to %s", self.path, pos, exc, corrupt)
+        with open(corrupt, "ab") as f:
+            f.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
 
     def _drop_torn_tail(self, pos: int) -> None:
         log.warning("spool %s: torn frame at offset %d dropped (%d bytes)", self.path, pos, self._size - pos)

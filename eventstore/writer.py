@@ -35,7 +35,7 @@ from .deadletter import DeadLetters
 from .feed import FeedNotifier
 from .keys import Keys
 from .records import Record
-from .spool import Spool, SpoolUnit
+from .spool import Spool, SpoolError, SpoolUnit
 
 log = logging.getLogger("eventstore")
 
@@ -130,6 +130,7 @@ class EventWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed_event = asyncio.Event()  # cuts a retry backoff short; new appends do not
+        self._close_future: asyncio.Future[None] | None = None
         self._closed = False
         self.redis_ok = True
         self.stats = WriterStats()
@@ -172,7 +173,7 @@ class EventWriter:
                 if self._spool is None:
                     # No spool: the caller's bound is honoured by raising instead of silently dropping.
                     raise RecordsNotWritten(f"writer queue full ({self._pending}) and no spool configured")
-                self._spill_memory(include_inflight=False)
+                self._spill_memory()
                 self._to_spool(SpoolUnit(record.room, self._next_token(), record.epoch, [args]))
                 self._kick()
                 return
@@ -205,32 +206,38 @@ class EventWriter:
             return False
 
     async def aclose(self, timeout: float = 5.0) -> None:
-        """Flush for at most ``timeout`` seconds, spool what is left, stop. Safe to call twice."""
-        if self._closed:
-            return
+        """Flush for at most ``timeout`` seconds, spool what is left, stop. Safe to call twice, also
+        concurrently: later calls wait for the first one (and see its error, if any)."""
+        if self._close_future is None:
+            self._close_future = asyncio.ensure_future(self._close(timeout))
+        await asyncio.shield(self._close_future)
+
+    async def _close(self, timeout: float) -> None:
         self._closing = True
         self._closed_event.set()
         self._kick()
-        if self._task is not None:
-            # Wait until flushed, or until the flusher gives up (it stops at the first failure once closing).
-            idle = asyncio.ensure_future(self._idle.wait())
-            await asyncio.wait({idle, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            idle.cancel()
-            await asyncio.gather(idle, return_exceptions=True)
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._closed = True
-        if self._pending:
-            if self._spool is None:
-                raise RecordsNotWritten(f"{self._pending} records not written and no spool configured")
-            log.warning("writer closing with Redis unreachable: %d records go to spool %s",
-                        self._pending, self._spool.path)
-            self._spill_memory()
-        if self._spool is not None:
-            self._spool.close()
+        try:
+            if self._task is not None:
+                # Wait until flushed, or until the flusher gives up (it stops at the first failure once closing).
+                idle = asyncio.ensure_future(self._idle.wait())
+                await asyncio.wait({idle, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                idle.cancel()
+                await asyncio.gather(idle, return_exceptions=True)
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            if self._pending:
+                if self._spool is None:
+                    raise RecordsNotWritten(f"{self._pending} records not written and no spool configured")
+                log.warning("writer %s closing with Redis unreachable: %d records go to spool %s",
+                            self.producer, self._pending, self._spool.path)
+                try:
+                    self._spill_memory()
+                except SpoolError as exc:
+                    raise RecordsNotWritten(f"{self._pending} records not written: {exc}") from exc
+        finally:
+            self._closed = True
+            if self._spool is not None:
+                self._spool.close()
 
     # --- internals ----------------------------------------------------------------------------------------
 
@@ -253,27 +260,29 @@ class EventWriter:
         self._spool.append(unit)
         self.stats.spooled += len(unit.items)
 
-    def _spill_memory(self, include_inflight: bool = True) -> None:
-        """Move queued records to the spool, per room in order, keeping in-flight tokens.
-
-        ``include_inflight=False`` (used while a send may be under way) leaves in-flight batches in memory:
-        they are older than anything spooled, and the flusher settles them first.
-        """
+    def _spill_memory(self) -> None:
+        """Move every queued record to the spool, per room in order, in-flight batches first with their
+        tokens (a batch whose send is still under way is then skipped by the flusher when its reply comes;
+        if Redis did write it, the replay is recognized as a retry). On :class:`SpoolError` nothing taken
+        from memory is lost: the batch being spooled goes back to the front of its queue."""
         if self._spool is None or not self._pending:
             return
         for room in list(self._rooms):
             queue = self._rooms[room]
-            if queue.inflight is not None and include_inflight:
+            if queue.inflight is not None:
                 b = queue.inflight
                 self._to_spool(SpoolUnit(room, b.token, b.epoch, b.items))
                 self._pending -= len(b.items)
                 queue.inflight = None
             while queue.items:
                 batch = self._take_batch(room, queue)
-                self._to_spool(SpoolUnit(room, batch.token, batch.epoch, batch.items))
+                try:
+                    self._to_spool(SpoolUnit(room, batch.token, batch.epoch, batch.items))
+                except SpoolError:
+                    queue.items.extendleft((args, batch.epoch, batch.enqueued) for args in reversed(batch.items))
+                    raise
                 self._pending -= len(batch.items)
-            if queue.inflight is None:
-                del self._rooms[room]
+            del self._rooms[room]
         self._space.set()
 
     def _take_batch(self, room: str, queue: _RoomQueue) -> _Batch:
@@ -310,7 +319,11 @@ class EventWriter:
                     if self._closing:
                         return
                     if self._pending >= self.max_pending:
-                        self._spill_memory()
+                        try:
+                            self._spill_memory()
+                        except SpoolError as spool_exc:
+                            log.error("writer %s: cannot spool (%s); %d records stay in memory", self.producer,
+                                      spool_exc, self._pending)
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
             self._idle.set()

@@ -181,3 +181,23 @@ async def test_new_writer_replays_a_spool_left_by_an_earlier_run(tmp_path, redis
         left.close()
     finally:
         await r.aclose()
+
+
+def test_a_frame_that_does_not_decode_is_set_aside_and_the_rest_is_kept(tmp_path):
+    import zlib
+
+    from eventstore.spool import _HEADER, Spool, SpoolUnit
+
+    spool = Spool(tmp_path / "w.spool")
+    spool.append(SpoolUnit("r1", "t1", 0, [("connected", b"{}", b"")]))
+    bad = b"\x93not a unit"
+    spool._file.write(_HEADER.pack(len(bad), zlib.crc32(bad)) + bad)
+    spool._file.flush()
+    spool._size += _HEADER.size + len(bad)
+    spool.append(SpoolUnit("r2", "t2", 0, [("connected", b"{}", b"")]))
+    read = spool.read(10)
+    assert [u.room for u, _ in read] == ["r1", "r2"]
+    spool.consumed(read[-1][1])
+    assert spool.empty
+    assert (tmp_path / "w.spool.corrupt").read_bytes().endswith(bad)
+    spool.close()

@@ -6,6 +6,8 @@ Every test checks the same promise: each appended record arrives, in order per r
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import time
 from collections import defaultdict
@@ -202,3 +204,31 @@ async def test_without_spool_a_full_queue_raises_instead_of_dropping(fresh_redis
     assert not fresh_redis.running
     with pytest.raises(RecordsNotWritten):
         await writer.aclose(timeout=0.5)
+
+
+async def test_spill_during_a_hanging_send_keeps_the_in_flight_batch_first(fresh_redis, tmp_path, clients):
+    """Redis hangs (SIGSTOP) while a batch is in flight; meanwhile the queue fills and spills to the spool from
+    the append path, and the writer is closed before Redis answers. The in-flight batch is the oldest: it must
+    be spooled first, so the replay keeps the room's order."""
+    path = tmp_path / "w.spool"
+    r = clients(fresh_redis.url, socket_timeout=1.0)
+    writer = EventWriter(r, producer="d", spool=Spool(path), max_pending=4, max_batch=2, max_block=0.05)
+    await writer.start()
+    assert await writer.flush(timeout=10)
+    os.kill(fresh_redis.proc.pid, signal.SIGSTOP)
+    try:
+        burst = Burst(rooms=1)
+        await burst.append(writer, 1, yield_every=1)  # the flusher sends this one; the reply never comes
+        await burst.append(writer, 10, yield_every=1)  # fills the queue; the append path spills
+        assert writer.spooled_bytes > 0
+        await writer.aclose(timeout=0.2)
+    finally:
+        os.kill(fresh_redis.proc.pid, signal.SIGCONT)
+    fresh_redis.kill()
+    fresh_redis.start()
+    r2 = clients(fresh_redis.url)
+    replay = EventWriter(r2, producer="d", spool=Spool(path))
+    await replay.start()
+    assert await replay.flush(timeout=30)
+    await replay.aclose()
+    await burst.check(r2)
