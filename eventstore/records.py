@@ -173,9 +173,10 @@ class SessionStarted(Record, tag="session_started", frozen=True, kw_only=True):
 
 
 class SessionEnded(Record, tag="session_ended", frozen=True, kw_only=True):
-    """A session ends. ``reason`` is one word (``left``, ``drained``, ``room_closed``, ``removed``,
-    ``pipeline_error``, ``connection_lost``, ``join_failed``); ``rejoin`` says whether the supervisor will
-    join again; ``detail`` is free text for people."""
+    """A session ends. ``reason`` is one word (``left``, ``drained``, ``room_closed``, ``room_deleted``,
+    ``removed``, ``duplicate_identity``, ``pipeline_error``, ``connection_lost``, ``join_failed``,
+    ``cancelled``, ``restart_budget_exhausted``, ``failed``); ``rejoin`` says whether the supervisor will join
+    again; ``detail`` is free text for people."""
 
     reason: str = ""
     rejoin: bool = False

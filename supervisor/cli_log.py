@@ -21,7 +21,7 @@ from eventstore.reader import CaughtUp, RoomReader
 from .errors import CommandError
 from .render import record_json, record_line, state_json
 from .rooms import check_room_name
-from .settings import Settings
+from .settings import Settings, redact_url
 
 BUILTIN_PROJECTIONS = {
     "participants": "eventstore.projections.participants:PARTICIPANTS",
@@ -60,7 +60,7 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             async for record in reader.iter_room(room, args.since):
                 print(show(record))
     except RedisConnectionError as exc:
-        raise CommandError(f"cannot reach Redis at {settings.redis.url.split('@')[-1]}: {exc}") from None
+        raise CommandError(f"cannot reach Redis at {redact_url(settings.redis.url)}: {exc}") from None
     finally:
         await redis.aclose()
     return 0

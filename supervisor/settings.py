@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 from typing import Any, Mapping
 
 import msgspec
@@ -104,11 +105,27 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
+_SECRET_QUERY_KEYS = {"password", "pass", "passwd", "secret", "token", "auth"}
+
+
 def _redact_url(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """``url`` with its password (userinfo or query parameter) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if k.lower() in _SECRET_QUERY_KEYS else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else netloc + parts.path
+    return out + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+redact_url = _redact_url
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

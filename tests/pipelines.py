@@ -21,6 +21,8 @@ DOCUMENTED = (
 HANDLER_CALLS: dict[str, list[tuple[str, tuple[Any, ...]]]] = defaultdict(list)
 # room -> the transport of its latest session (tests reach the bot's rtc room through it)
 TRANSPORTS: dict[str, Any] = {}
+# room -> the processors of its latest session's pipeline (for pipelines that expose them)
+PROCESSORS: dict[str, list[Any]] = {}
 
 
 def _register_all(transport: Any, room: str) -> None:
@@ -87,4 +89,6 @@ def listen_probe(transport: Any, spec: Any) -> list[FrameProcessor]:
     from transport.pipelines import listen
 
     TRANSPORTS[spec.room] = transport
-    return listen(transport, spec)
+    processors = listen(transport, spec)
+    PROCESSORS[spec.room] = processors
+    return processors

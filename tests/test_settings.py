@@ -101,3 +101,13 @@ def test_redis_url_password_is_redacted_in_errors():
     with pytest.raises(SettingsError) as info:
         load_settings(environ={"REDIS_URL": "http://user:hunter2@host/0"})
     assert "hunter2" not in str(info.value)
+
+
+def test_redis_passwords_never_show_in_the_redacted_settings():
+    from supervisor.settings import load_settings, redact_url
+
+    s = load_settings(environ={"REDIS_URL": "redis://user:hunter2@db:6379/0?password=hunter3",
+                               "LIVEKIT_API_SECRET": "s3cr3t-value"})
+    text = repr(s) + str(s.redacted())
+    assert "hunter2" not in text and "hunter3" not in text and "s3cr3t-value" not in text
+    assert redact_url("unix:///run/redis.sock?password=x&db=2") == "unix:///run/redis.sock?password=***&db=2"

@@ -11,6 +11,7 @@ from eventstore.projections.base import fold
 from eventstore.projections.participants import PARTICIPANTS
 from eventstore.records import tag_of
 from harness.livekit_server import API_KEY, API_SECRET
+from harness.util import async_wait_until
 
 import tests.pipelines as test_pipelines
 from botsession import BotSession
@@ -132,12 +133,15 @@ async def test_listen_pipeline_keeps_no_audio_queued(make_bot, participant_facto
     await alice.publish_tone()
     await bot.wait_for("audio_track_subscribed", participant_id="alice")
     client = test_pipelines.TRANSPORTS[bot.room]._client
-    # ~3 s of 10 ms frames arrive; a pipeline that did not consume them would queue ~300.
-    deadline = asyncio.get_running_loop().time() + 3
+    [discard] = test_pipelines.PROCESSORS[bot.room]
     peak = 0
-    while asyncio.get_running_loop().time() < deadline:
+
+    def enough_audio_consumed() -> bool:
+        nonlocal peak
         peak = max(peak, client._audio_queue.qsize())
-        await asyncio.sleep(0.05)
+        return discard.dropped >= 300  # ~3 s of 10 ms frames went through the pipeline
+
+    await async_wait_until(enough_audio_consumed, 30, "300 audio frames to be consumed", interval=0.05)
     assert peak < 50, f"listen let {peak} audio frames pile up"
 
 
@@ -152,3 +156,18 @@ async def test_garbage_data_messages_are_recorded_byte_exact(make_bot, participa
     records = await bot.wait_for("data_received", count=len(payloads), timeout=20)
     assert [r.data for r in records] == payloads
     assert [r.topic for r in records] == [f"t{i} {{weird}}:*" for i in range(len(payloads))]
+
+
+async def test_a_cancelled_session_takes_its_bot_out_of_the_room(make_bot, livekit_server):
+    bot = await make_bot()
+    bot.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bot.task
+    async with api.LiveKitAPI(livekit_server.api_url, API_KEY, API_SECRET) as lk:
+        async def gone():
+            res = await lk.room.list_participants(api.ListParticipantsRequest(room=bot.room))
+            return all(p.identity != bot.identity for p in res.participants)
+
+        await async_wait_until(gone, 30, "the cancelled bot to leave the room", interval=0.2)
+    [ended] = [r for r in await bot.records() if tag_of(r) == "session_ended"]
+    assert (ended.reason, ended.rejoin) == ("cancelled", False)

@@ -39,9 +39,15 @@ class DiscardAudio(FrameProcessor):
     """Consumes input audio so nothing queues up. pipecat queues subscribed audio without bound when audio
     input is disabled, so ``listen`` keeps input enabled and drops the frames here instead."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dropped = 0
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if not isinstance(frame, InputAudioRawFrame):
+        if isinstance(frame, InputAudioRawFrame):
+            self.dropped += 1
+        else:
             await self.push_frame(frame, direction)
 
 

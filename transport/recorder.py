@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable
 
 from eventstore.projections.callstate import CALL_STATE
-from eventstore.records import CallStateUpdated, Record, tag_of
+from eventstore.records import CallStateUpdated, Connected, Record, tag_of
 from eventstore.writer import EventWriter
 
 log = logging.getLogger("transport")
@@ -29,7 +29,8 @@ class EventRecorder:
         self.epoch = epoch
         self.producer = producer or writer.producer
         self.call_state = CALL_STATE.initial(room)
-        self.recorded: list[str] = []  # tags, in order (cheap; for diagnostics and tests)
+        self.count = 0
+        self.connected = False  # a `connected` record was written in this session
         self._listeners: list[StateListener] = []
 
     def on_state_change(self, listener: StateListener) -> None:
@@ -43,7 +44,8 @@ class EventRecorder:
         """Build, append, and feed the record to the call-state machine."""
         record = self.make(cls, **fields)
         await self.writer.append(record)
-        self.recorded.append(tag_of(record))
+        self.count += 1
+        self.connected = self.connected or isinstance(record, Connected)
         if not isinstance(record, CallStateUpdated):
             await self._advance_call_state(record)
         return record

@@ -148,15 +148,17 @@ class RecordingLiveKitTransport(LiveKitTransport):
         self._spawn(super()._call_event_handler("on_call_state_updated", state), "on_call_state_updated")
 
     async def wait_recorded(self, timeout: float = 5.0) -> None:
-        """Wait for recording tasks still under way (reconnect records, call-state handlers)."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
-
-    def room_snapshot(self) -> list[str]:
-        try:
-            return sorted(self._client.room.remote_participants)
-        except Exception:
-            return []
+        """Wait for recording tasks still under way (reconnect records, call-state handlers); cancel what a
+        hanging user handler keeps running past ``timeout``."""
+        if not self._pending:
+            return
+        _, late = await asyncio.wait(set(self._pending), timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("room=%s session=%s: %d handler task(s) still running after %.1fs were cancelled",
+                        self.recorder.room, self.recorder.session, len(late), timeout)
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 _TRACK_EVENTS: dict[str, tuple[type[R.Record], str, bool]] = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -53,7 +53,7 @@ class SessionSpec:
     pipeline: str
     livekit_url: str
     api_key: str
-    api_secret: str
+    api_secret: str = field(repr=False)
     token_ttl: float = 600.0
     attempt: int = 0
     cause: str = "join"  # join | rejoin | restart | takeover
@@ -146,7 +146,7 @@ class _Session:
             return SessionOutcome("pipeline_error", True, repr(exc))
         if self.pipeline_error:
             return SessionOutcome("pipeline_error", True, self.pipeline_error)
-        if "connected" not in self.recorder.recorded:
+        if not self.recorder.connected:
             return SessionOutcome("join_failed", True, "the pipeline ended before the bot joined")
         if self.transport is not None and self.transport.ended.is_set():
             return outcome_for_server_reason(self.transport.end_reason)
@@ -161,6 +161,13 @@ class _Session:
             log.warning("room=%s session=%s: graceful leave took over %.1fs; cancelling", self.spec.room,
                         self.spec.session_id, self.spec.end_timeout)
             await self._cancel(run_task)
+
+    async def cancel_pipeline(self, run_task: asyncio.Task[None]) -> None:
+        """Leave at once (bounded by ``end_timeout``), whatever state the pipeline is in."""
+        try:
+            await self._cancel(run_task)
+        except Exception:
+            log.exception("room=%s session=%s: cancelling the pipeline failed", self.spec.room, self.spec.session_id)
 
     async def _cancel(self, run_task: asyncio.Task[None]) -> None:
         assert self.runner is not None
@@ -195,7 +202,15 @@ async def run_session(spec: SessionSpec, writer: EventWriter, stop: asyncio.Even
              spec.session_id, spec.identity, spec.pipeline, spec.attempt, spec.cause)
     try:
         if worker is not None:
-            outcome = await session.supervise(session.start(worker), stop)
+            run_task = session.start(worker)
+            try:
+                outcome = await session.supervise(run_task, stop)
+            except asyncio.CancelledError:
+                # The supervisor gave up on this session (forced exit, lease lost): the bot must not stay in
+                # the room behind its back.
+                outcome = SessionOutcome("cancelled", False, "the supervisor cancelled the session")
+                await asyncio.shield(session.cancel_pipeline(run_task))
+                raise
         return outcome
     finally:
         if session.transport is not None:
