@@ -25,6 +25,8 @@ import redis.asyncio as aioredis
 
 from eventstore.keys import Keys
 
+from .redisutil import text
+
 log = logging.getLogger("supervisor")
 
 CONTROL_MAXLEN = 1000
@@ -56,10 +58,6 @@ class JoinResult(str, Enum):
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(DesiredRoom).decode
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +111,7 @@ class Control:
         raws: dict[str, bytes] = {}
         unreadable: list[str] = []
         for field, value in raw.items():
-            name = _text(field)
+            name = text(field)
             entry = _safe_decode(value)
             if entry is None or not name:
                 unreadable.append(name)

@@ -27,7 +27,6 @@ import uuid
 from typing import Callable
 
 from livekit import api as lkapi
-from redis.exceptions import RedisError
 
 from eventstore.connection import connect
 from eventstore.feed import load_partitions
@@ -45,6 +44,7 @@ from .metrics import DaemonMetrics
 from .notify import Notifier
 from .probes import LoopMonitor, Probes
 from .reconcile import Reconciler
+from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .session import STATES, RoomSession, SessionContext, SessionRunner
 from .settings import Settings, SettingsError
@@ -52,7 +52,6 @@ from .spoolfiles import SpoolUnavailable, own_spool, replay_orphans
 
 log = logging.getLogger("supervisor")
 
-_REDIS_TROUBLE = (RedisError, OSError, asyncio.TimeoutError)
 EXIT_DRAINED, EXIT_NOT_DRAINED = 0, 1
 
 
@@ -254,7 +253,7 @@ class Daemon:
             await self.writer.aclose(timeout=2.0)
         try:
             await asyncio.wait_for(delete_heartbeat(self.redis, self.keys, self.id, self.instance), 2)
-        except _REDIS_TROUBLE:
+        except REDIS_TROUBLE:
             pass
         if self.http is not None:
             await self.http.aclose()
@@ -287,7 +286,7 @@ class Daemon:
                 if failing:
                     log.info("daemon %s: Redis answers again; reconciling", self.id)
                 failing = False
-            except _REDIS_TROUBLE as exc:
+            except REDIS_TROUBLE as exc:
                 self.metrics.errors.labels("redis").inc()
                 if not failing:
                     log.warning("daemon %s: reconcile failed (%r); retrying", self.id, exc)
@@ -354,7 +353,7 @@ class Daemon:
             )
             try:
                 await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)
-            except _REDIS_TROUBLE:
+            except REDIS_TROUBLE:
                 pass
             await asyncio.sleep(interval)
 

@@ -25,8 +25,9 @@ SCAN_ENTRIES = 500
 REMOVE_TIMEOUT = 3.0
 
 
-async def previous_bot(redis: aioredis.Redis, keys: Keys, room: str) -> str:
-    """The identity of the bot of the room's latest session (``""`` if none among the last entries)."""
+async def previous_bot(redis: aioredis.Redis, keys: Keys, room: str) -> SessionStarted | None:
+    """The ``session_started`` record of the room's latest session with a bot (None if none among the last
+    entries); its ``identity`` is the bot, its ``session`` and ``epoch`` say whose it was."""
     for _, fields in await redis.xrevrange(keys.events(room), count=SCAN_ENTRIES):
         if fields.get(b"type") != b"session_started":
             continue
@@ -35,20 +36,23 @@ async def previous_bot(redis: aioredis.Redis, keys: Keys, room: str) -> str:
         except DecodeError:
             continue
         if isinstance(record, SessionStarted) and record.identity:
-            return record.identity
-    return ""
+            return record
+    return None
 
 
-async def remove_bot(livekit: lkapi.LiveKitAPI, room: str, identity: str) -> bool:
-    """Ask LiveKit to remove ``identity`` from ``room``; False if it was not there or LiveKit did not answer."""
+async def remove_bot(livekit: lkapi.LiveKitAPI, previous: SessionStarted, epoch: int) -> bool:
+    """Ask LiveKit to remove the bot of ``previous`` (a session of an earlier holder) from its room; False if it
+    was not there or LiveKit did not answer. ``epoch`` is the new holder's, for the log lines."""
+    room, identity = previous.room, previous.identity
     request = lkapi.RoomParticipantIdentity(room=room, identity=identity)
+    where = f"room={room} epoch={epoch}: previous bot {identity} (session {previous.session}, epoch {previous.epoch})"
     try:
         await asyncio.wait_for(livekit.room.remove_participant(request), REMOVE_TIMEOUT)
         return True
     except lkapi.TwirpError as exc:
         if exc.code != "not_found":
-            log.warning("room=%s: LiveKit refused to remove the previous bot %s: %s", room, identity, exc)
+            log.warning("%s: LiveKit refused to remove it: %s", where, exc)
         return False
     except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-        log.warning("room=%s: could not remove the previous bot %s: %r", room, identity, exc)
+        log.warning("%s: could not remove it: %r", where, exc)
         return False

@@ -20,6 +20,9 @@ import redis.asyncio as aioredis
 
 from eventstore.keys import Keys
 
+from .errors import SupervisorError
+from .redisutil import text
+
 # KEYS[1] lease hash; ARGV: owner, ttl ms. Reply: {status, epoch, previous owner}
 #   status: 'NEW' (was free), 'TAKEOVER' (was expired, held by another), 'OWN' (already ours), 'HELD'.
 _CLAIM = """
@@ -85,10 +88,8 @@ class LeaseInfo:
     expires_ms: int
 
 
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
+class InvalidLeaseOwner(SupervisorError, ValueError):
+    """A lease owner must be a non-empty string (``<daemon id>/<instance>``)."""
 
 
 class Leases:
@@ -96,7 +97,7 @@ class Leases:
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, owner: str, ttl: float) -> None:
         if not owner:
-            raise ValueError("a lease owner must be a non-empty string")
+            raise InvalidLeaseOwner("a lease owner must be a non-empty string")
         self.redis = redis
         self.keys = keys
         self.owner = owner
@@ -111,8 +112,8 @@ class Leases:
 
     async def claim(self, room: str) -> Claim:
         reply = await self._claim(keys=[self.keys.lease(room)], args=[self.owner, self.ttl_ms])
-        status = _text(reply[0])
-        return Claim(status != "HELD", int(reply[1]), status, _text(reply[2]))
+        status = text(reply[0])
+        return Claim(status != "HELD", int(reply[1]), status, text(reply[2]))
 
     async def renew(self, room: str, epoch: int) -> bool:
         return bool(await self._renew(keys=[self.keys.lease(room)], args=[self.owner, epoch, self.ttl_ms]))
@@ -124,7 +125,7 @@ class Leases:
         raw = await self.redis.hmget(self.keys.lease(room), "owner", "epoch", "expires")
         if raw[1] is None:
             return None
-        return LeaseInfo(_text(raw[0]), int(raw[1]), int(raw[2] or 0))
+        return LeaseInfo(text(raw[0]), int(raw[1]), int(raw[2] or 0))
 
     async def claim_many(self, rooms: list[str]) -> list[Claim]:
         """Claim several rooms in one round trip (each claim is still its own atomic script)."""
@@ -134,4 +135,4 @@ class Leases:
         for room in rooms:
             await self._claim(keys=[self.keys.lease(room)], args=[self.owner, self.ttl_ms], client=pipe)
         replies = await pipe.execute()
-        return [Claim(_text(r[0]) != "HELD", int(r[1]), _text(r[0]), _text(r[2])) for r in replies]
+        return [Claim(text(r[0]) != "HELD", int(r[1]), text(r[0]), text(r[2])) for r in replies]

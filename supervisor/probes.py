@@ -9,10 +9,10 @@ from collections import deque
 
 import redis.asyncio as aioredis
 from livekit import api as lkapi
-from redis.exceptions import RedisError
 
 from .http import Health
 from .metrics import DaemonMetrics
+from .redisutil import REDIS_TROUBLE
 
 log = logging.getLogger("supervisor")
 
@@ -66,7 +66,7 @@ class Probes:
             await asyncio.wait_for(self._redis.ping(), REDIS_TIMEOUT)
             self.redis_ok = True
             return ""
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except REDIS_TROUBLE as exc:
             self.redis_ok = False
             return f"redis: {type(exc).__name__}: {exc}"[:300]
 

@@ -12,17 +12,14 @@ import asyncio
 import logging
 from typing import Callable
 
-from redis.exceptions import RedisError
-
 from .control import Control, DesiredState
 from .leases import Leases
+from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .session import RoomSession, SessionContext
 from .settings import Settings
 
 log = logging.getLogger("supervisor")
-
-_REDIS_TROUBLE = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class Reconciler:
@@ -90,5 +87,5 @@ class Reconciler:
                 if now != last:
                     last = now
                     wake.set()
-            except _REDIS_TROUBLE:
+            except REDIS_TROUBLE:
                 await asyncio.sleep(1.0)

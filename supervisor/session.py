@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from livekit import api as lkapi
-from redis.exceptions import RedisError
 
 from eventstore.writer import EventWriter
 from transport.session import SessionOutcome, SessionSpec
@@ -37,6 +36,7 @@ from .control import Control, DesiredRoom
 from .ghosts import previous_bot, remove_bot
 from .leases import Claim, Leases
 from .metrics import DaemonMetrics
+from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .settings import Settings
 
@@ -44,7 +44,6 @@ log = logging.getLogger("supervisor")
 
 SessionRunner = Callable[[SessionSpec, EventWriter, asyncio.Event], Awaitable[SessionOutcome]]
 STATES = ("running", "backoff", "stopping", "ended", "failed", "lost")
-_REDIS_TROUBLE = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class StopSignal(asyncio.Event):
@@ -187,12 +186,13 @@ class RoomSession:
         if self.ctx.livekit is None:
             return
         try:
-            identity = await asyncio.wait_for(previous_bot(self.ctx.leases.redis, self.ctx.leases.keys, self.room), 5)
-        except _REDIS_TROUBLE as exc:
+            previous = await asyncio.wait_for(previous_bot(self.ctx.leases.redis, self.ctx.leases.keys, self.room), 5)
+        except REDIS_TROUBLE as exc:
             self._log(logging.WARNING, "could not read the previous session: %r", exc)
             return
-        if identity and await remove_bot(self.ctx.livekit, self.room, identity):
-            self._log(logging.INFO, "removed the previous holder's bot %s from LiveKit", identity)
+        if previous is not None and await remove_bot(self.ctx.livekit, previous, self.epoch):
+            self._log(logging.INFO, "removed the previous holder's bot %s (session %s, epoch %d) from LiveKit",
+                      previous.identity, previous.session, previous.epoch)
 
     async def _sessions(self) -> None:
         cause, attempt, failures = self._first_cause, 0, 0
@@ -289,7 +289,7 @@ class RoomSession:
     async def _control_call(self, call: Awaitable[bool]) -> bool:
         try:
             return await asyncio.wait_for(call, 5)
-        except _REDIS_TROUBLE as exc:
+        except REDIS_TROUBLE as exc:
             self._log(logging.WARNING, "could not update desired state: %r", exc)
             return False
 
@@ -312,7 +312,7 @@ class RoomSession:
             sent = loop.time()
             try:
                 renewed = await asyncio.wait_for(self.ctx.leases.renew(self.room, self.epoch), interval)
-            except _REDIS_TROUBLE as exc:
+            except REDIS_TROUBLE as exc:
                 if loop.time() - self._last_renewed >= ttl * 0.9:
                     self._lose(f"lease not renewed for {ttl:.1f}s ({exc!r})")
                     return
@@ -328,7 +328,7 @@ class RoomSession:
             if await asyncio.wait_for(self.ctx.leases.renew(self.room, self.epoch), 5):
                 return True
             self._lose("lease taken over by another daemon")
-        except _REDIS_TROUBLE as exc:
+        except REDIS_TROUBLE as exc:
             self._lose(f"lease not confirmed ({exc!r})")
         self.state = "lost"
         return False
@@ -345,5 +345,5 @@ class RoomSession:
             return
         try:
             await asyncio.wait_for(self.ctx.leases.release(self.room, self.epoch), 2)
-        except _REDIS_TROUBLE as exc:
+        except REDIS_TROUBLE as exc:
             self._log(logging.WARNING, "lease not released (%r); it expires by itself", exc)

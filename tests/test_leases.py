@@ -14,7 +14,7 @@ from eventstore.reader import RoomReader
 from eventstore.records import SessionStarted
 from eventstore.writer import EventWriter
 from harness.util import async_wait_until
-from supervisor.leases import Leases
+from supervisor.leases import InvalidLeaseOwner, Leases
 
 ROOM = "lease room {1}: ünï*"
 
@@ -99,5 +99,5 @@ async def _granted(contender: Leases) -> bool:
 
 
 def test_owner_must_be_named(redis_url):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidLeaseOwner):
         Leases(aioredis.from_url(redis_url), Keys(), "", 1.0)
