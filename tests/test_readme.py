@@ -11,7 +11,7 @@ import msgspec
 from eventstore.connection import connect
 from eventstore.records import RECORD_TYPES, DataReceived, ParticipantConnected, SessionStarted
 from eventstore.writer import EventWriter
-from supervisor.settings import SECTIONS
+from supervisor.settings import ENV_ALIASES, SECTIONS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -39,11 +39,14 @@ async def test_readme_sdk_example_runs(redis_url, capsys):
     assert out == ["1 SessionStarted", "2 ParticipantConnected", "3 DataReceived", "['caller']"]
 
 
-def test_readme_configuration_table_names_every_setting():
+def test_readme_configuration_table_names_every_setting_with_its_env_var():
+    rows = {line.split("|")[1].strip(): line for line in README.splitlines() if line.startswith("| `")}
     for section, struct in SECTIONS.items():
         for name in struct.__struct_fields__:
-            assert re.search(rf"`{section}\.[^`]*\b{name}\b", README) or f"`{name}`" in README, \
-                f"{section}.{name} is missing from the README configuration table"
+            row = rows.get(f"`{section}.{name}`")
+            assert row is not None, f"{section}.{name} is missing from the README configuration table"
+            env = next((k for k, v in ENV_ALIASES.items() if v == (section, name)), None)
+            assert f"`{env or f'RS_{section.upper()}_{name.upper()}'}`" in row, row
 
 
 def test_readme_record_table_names_every_record_type_and_field():
