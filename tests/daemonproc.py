@@ -1,9 +1,19 @@
 """Run the real daemon (``python -m supervisor.cli serve``) and the real CLI as subprocesses, and look at what
-they did: Redis streams, heartbeats, sd_notify messages, LiveKit's participant lists."""
+they did: Redis streams, heartbeats, sd_notify messages, LiveKit's participant lists.
+
+The usual shape of a daemon test::
+
+    daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url)
+    async with observing(daemon) as observer:   # stops the daemon after; prints its log if the test failed
+        await start_in_rooms(daemon, observer, rooms)
+        ...
+        await daemon.sigterm_exits(0)
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +21,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 import redis.asyncio as aioredis
 from livekit import api as lkapi
@@ -77,10 +87,12 @@ class DaemonProcess:
                  env: dict[str, str] | None = None, **daemon: Any) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.redis_url, self.livekit_url = redis_url, livekit_url
         self.id = daemon_id or f"test-{uuid.uuid4().hex[:8]}"
+        self.spool_dir = self.dir / "spool"
         self.http_port = free_port()
         self.config = write_config(self.dir / f"{self.id}.toml", redis_url, livekit_url,
-                                   spool_dir=self.dir / "spool", daemon_id=self.id, http_port=self.http_port,
+                                   spool_dir=self.spool_dir, daemon_id=self.id, http_port=self.http_port,
                                    **daemon)
         self.env = cli_env(env)
         self.log_path = self.dir / f"{self.id}.log"
@@ -115,6 +127,11 @@ class DaemonProcess:
         await async_wait_until(lambda: self.proc.poll() is not None, timeout, f"daemon {self.id} to exit", 0.1)
         return self.proc.returncode
 
+    async def sigterm_exits(self, code: int = 0, timeout: float = 60) -> None:
+        """SIGTERM; the daemon must exit with ``code`` within ``timeout`` seconds."""
+        self.signal(signal.SIGTERM)
+        assert await self.wait_exit(timeout) == code, self.log_tail()
+
     def stop(self) -> None:
         """Teardown: SIGTERM, then SIGKILL after a while. Never raises."""
         if self.proc is None or self.proc.poll() is not None:
@@ -128,6 +145,36 @@ class DaemonProcess:
 
     def log_tail(self, lines: int = 80) -> str:
         return tail(self.log_path, lines)
+
+
+async def start_in_rooms(daemon: DaemonProcess, observer: Observer, rooms: list[str], *, pipeline: str = "",
+                         joins: Iterable[list[str]] = (), timeout: float = 180) -> None:
+    """Join ``rooms`` (with ``pipeline``, if given) and run the extra ``joins`` commands through the CLI, start
+    the daemon, and wait until every one of ``rooms`` has a ``connected`` record."""
+    join = ["--pipeline", pipeline] if pipeline else []
+    run_cli_many([*(["join", room, *join] for room in rooms), *joins], daemon.config)
+    daemon.start()
+    await observer.wait_connected(rooms, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def observing(*daemons: DaemonProcess, notify: NotifyListener | None = None,
+                    log_lines: int = 100) -> AsyncIterator[Observer]:
+    """An :class:`Observer` of the first daemon's Redis and LiveKit for the block. If the block fails, every
+    daemon's log tail is printed; in any case every daemon is stopped and ``notify`` closed."""
+    observer = Observer(daemons[0].redis_url, daemons[0].livekit_url)
+    try:
+        yield observer
+    except BaseException:
+        for daemon in daemons:
+            print(f"----- daemon {daemon.id}\n{daemon.log_tail(log_lines)}")
+        raise
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        if notify is not None:
+            notify.close()
+        await observer.aclose()
 
 
 class NotifyListener:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import urllib.request
 import uuid
 
 import pytest
 
-from daemonproc import DaemonProcess, NotifyListener, Observer, run_cli, run_cli_many
+from daemonproc import DaemonProcess, NotifyListener, Observer, observing, run_cli, run_cli_many, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
 
@@ -38,8 +37,7 @@ async def test_join_leave_notify_drain(tmp_path, redis_url, livekit_server):
     notify = NotifyListener()
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url, drain_timeout=DRAIN_TIMEOUT,
                            env={"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "2000000"})
-    observer = Observer(redis_url, livekit_server.url)
-    try:
+    async with observing(daemon, notify=notify, log_lines=120) as observer:
         run_cli_many([["join", room] for room in rooms], daemon.config)
         again = run_cli("join", rooms[0], config=daemon.config)
         assert again.returncode == 0 and "nothing changed" in again.stdout
@@ -49,13 +47,6 @@ async def test_join_leave_notify_drain(tmp_path, redis_url, livekit_server):
         await _running_and_observable(daemon, notify, observer, rooms)
         await _leave_through_the_cli(daemon, observer, rooms[:2], rooms[2:])
         await _sigterm_drains(daemon, notify, observer, rooms[2:])
-    except BaseException:
-        print(daemon.log_tail(120))
-        raise
-    finally:
-        daemon.stop()
-        notify.close()
-        await observer.aclose()
 
 
 async def _running_and_observable(daemon: DaemonProcess, notify: NotifyListener, observer: Observer,
@@ -103,9 +94,7 @@ async def _leave_through_the_cli(daemon: DaemonProcess, observer: Observer, left
 async def _sigterm_drains(daemon: DaemonProcess, notify: NotifyListener, observer: Observer,
                           rooms: list[str]) -> None:
     """SIGTERM: a bounded drain, every room leaves gracefully, exit 0."""
-    daemon.signal(signal.SIGTERM)
-    code = await daemon.wait_exit(DRAIN_TIMEOUT + 15)
-    assert code == 0, daemon.log_tail()
+    await daemon.sigterm_exits(0, timeout=DRAIN_TIMEOUT + 15)
     await notify.wait_for("STOPPING=1", timeout=5)
     for room in rooms:
         types = await observer.types(room)
@@ -126,11 +115,8 @@ async def test_rooms_shows_participants_and_call_state(tmp_path, redis_url, live
     """``rooms`` joins desired state, the daemon's heartbeat and the consumers' materialized states."""
     room = f"shown-{uuid.uuid4().hex[:6]}"
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url)
-    observer = Observer(redis_url, livekit_server.url)
-    try:
-        assert run_cli("join", room, config=daemon.config).returncode == 0
-        daemon.start()
-        await observer.wait_connected([room], timeout=120)
+    async with observing(daemon) as observer:
+        await start_in_rooms(daemon, observer, [room], timeout=120)
         await participant_factory("alice", room=room)
         await async_wait_until(lambda: _has(observer, room, "participant_connected"), 30, "alice recorded")
         for projection in ("participants", "call-state"):
@@ -145,11 +131,7 @@ async def test_rooms_shows_participants_and_call_state(tmp_path, redis_url, live
         table = run_cli("rooms", config=daemon.config)
         line = next(line for line in table.stdout.splitlines() if room in line)
         assert "running@" in line and "joined/active" in line and "alice" in line
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
-    finally:
-        daemon.stop()
-        await observer.aclose()
+        await daemon.sigterm_exits(0)
 
 
 async def _has(observer: Observer, room: str, tag: str) -> bool:

@@ -4,12 +4,11 @@ then marks the room failed; the 20 other rooms of the same process keep their fi
 from __future__ import annotations
 
 import json
-import signal
 import uuid
 
 import pytest
 
-from daemonproc import DaemonProcess, Observer, run_cli, run_cli_many
+from daemonproc import DaemonProcess, observing, run_cli, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
 
@@ -24,14 +23,10 @@ async def test_raising_pipeline_ends_only_its_room(tmp_path, redis_url, livekit_
     rooms = [f"calm-{tag}-{i}" for i in range(ROOMS)]
     bad = f"raising-{tag}"
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url, restart_budget=BUDGET)
-    observer = Observer(redis_url, livekit_server.url)
-    try:
+    async with observing(daemon, log_lines=150) as observer:
         caller = await participant_factory("caller", room=bad)
         await caller.publish_tone(440.0)  # the raising pipeline fails on the first audio frame it hears
-        run_cli_many([["join", room] for room in rooms] + [["join", bad, "--pipeline", "tests.pipelines:raising"]],
-                     daemon.config)
-        daemon.start()
-        await observer.wait_connected(rooms, timeout=180)
+        await start_in_rooms(daemon, observer, rooms, joins=[["join", bad, "--pipeline", "tests.pipelines:raising"]])
 
         async def bad_room_failed() -> bool:
             out = run_cli("rooms", "--json", config=daemon.config)
@@ -57,11 +52,4 @@ async def test_raising_pipeline_ends_only_its_room(tmp_path, redis_url, livekit_
         bots = await observer.bots_by_room(rooms)
         assert all(len(b) == 1 for b in bots.values()), bots
 
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
-    except BaseException:
-        print(daemon.log_tail(150))
-        raise
-    finally:
-        daemon.stop()
-        await observer.aclose()
+        await daemon.sigterm_exits(0)

@@ -4,12 +4,11 @@ bots still listed by LiveKit are removed by the new holder."""
 
 from __future__ import annotations
 
-import signal
 import uuid
 
 import pytest
 
-from daemonproc import DaemonProcess, Observer, run_cli_many
+from daemonproc import DaemonProcess, observing, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
 
@@ -21,11 +20,8 @@ ROOMS = 20
 async def test_kill9_then_start_again_rejoins_every_room(tmp_path, redis_url, livekit_server):
     rooms = [f"crash-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url)
-    observer = Observer(redis_url, livekit_server.url)
-    try:
-        run_cli_many([["join", room] for room in rooms], daemon.config)
-        daemon.start()
-        await observer.wait_connected(rooms, timeout=180)
+    async with observing(daemon, log_lines=150) as observer:
+        await start_in_rooms(daemon, observer, rooms)
         before = {room: (await observer.records(room))[-1].seq for room in rooms}
 
         daemon.kill9()
@@ -54,11 +50,4 @@ async def test_kill9_then_start_again_rejoins_every_room(tmp_path, redis_url, li
         # the new holder asked LiveKit to drop the dead bots instead of waiting for LiveKit to notice
         assert "removed the previous holder's bot" in daemon.log_tail(2000)
 
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
-    except BaseException:
-        print(daemon.log_tail(150))
-        raise
-    finally:
-        daemon.stop()
-        await observer.aclose()
+        await daemon.sigterm_exits(0)

@@ -5,13 +5,12 @@ every other room is joined again after a backoff (``session_started`` cause ``re
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 
 import pytest
 from livekit import api as lkapi
 
-from daemonproc import DaemonProcess, Observer, run_cli_many
+from daemonproc import DaemonProcess, Observer, observing, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
 from supervisor.control import Control
@@ -25,12 +24,9 @@ async def test_room_end_is_final_and_server_restart_is_rejoined(tmp_path, redis_
     rooms = [f"rejoin-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
     deleted, removed, others = rooms[0], rooms[1], rooms[2:]
     daemon = DaemonProcess(tmp_path, redis_url, fresh_livekit.url)
-    observer = Observer(redis_url, fresh_livekit.url)
-    control = Control(observer.redis, observer.keys)
-    try:
-        run_cli_many([["join", room] for room in rooms], daemon.config)
-        daemon.start()
-        await observer.wait_connected(rooms, timeout=180)
+    async with observing(daemon, log_lines=150) as observer:
+        control = Control(observer.redis, observer.keys)
+        await start_in_rooms(daemon, observer, rooms)
 
         await observer.livekit.room.delete_room(lkapi.DeleteRoomRequest(room=deleted))
         bot = (await observer.bots(removed))[0]
@@ -55,14 +51,7 @@ async def test_room_end_is_final_and_server_restart_is_rejoined(tmp_path, redis_
         for room in (deleted, removed):  # the ended calls stay ended
             assert (await observer.types(room)).count("session_started") == 1
 
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
-    except BaseException:
-        print(daemon.log_tail(150))
-        raise
-    finally:
-        daemon.stop()
-        await observer.aclose()
+        await daemon.sigterm_exits(0)
 
 
 async def _back(observer: Observer, rooms: list[str], seqs: dict[str, int]) -> bool:

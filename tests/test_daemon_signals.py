@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from daemonproc import DaemonProcess, NotifyListener, Observer, run_cli
+from daemonproc import DaemonProcess, NotifyListener, Observer, observing, start_in_rooms
 from harness.util import async_wait_until, free_port
 
 from test_daemon_lifecycle import http_get
@@ -22,8 +22,7 @@ async def test_unhealthy_until_livekit_answers_then_reload_and_sigterm(tmp_path,
     notify = NotifyListener()
     missing_livekit = f"ws://127.0.0.1:{free_port()}"
     daemon = DaemonProcess(tmp_path, redis_url, missing_livekit, env={"NOTIFY_SOCKET": notify.name})
-    observer = Observer(redis_url, missing_livekit)
-    try:
+    async with observing(daemon, notify=notify) as observer:
         daemon.start()
 
         async def unhealthy():
@@ -49,16 +48,8 @@ async def test_unhealthy_until_livekit_answers_then_reload_and_sigterm(tmp_path,
         beat = await async_wait_until(lambda: _heartbeat(observer, daemon.id), 30, "heartbeat with max_rooms 7")
         assert beat.max_rooms == 7 and beat.state == "starting"
 
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait_exit(30) == 0, daemon.log_tail()
+        await daemon.sigterm_exits(0, timeout=30)
         assert "STOPPING=1" in notify.lines()
-    except BaseException:
-        print(daemon.log_tail(100))
-        raise
-    finally:
-        daemon.stop()
-        notify.close()
-        await observer.aclose()
 
 
 async def _heartbeat(observer: Observer, daemon_id: str):
@@ -74,12 +65,8 @@ async def test_second_sigterm_cuts_a_stuck_drain_short(tmp_path, redis_url, live
     notify = NotifyListener()
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url, drain_timeout=120.0,
                            env={"NOTIFY_SOCKET": notify.name})
-    observer = Observer(redis_url, livekit_server.url)
-    try:
-        assert run_cli("join", room, "--pipeline", "tests.daemon_pipelines:slow_leave",
-                       config=daemon.config).returncode == 0
-        daemon.start()
-        await observer.wait_connected([room], timeout=120)
+    async with observing(daemon, notify=notify) as observer:
+        await start_in_rooms(daemon, observer, [room], pipeline="tests.daemon_pipelines:slow_leave", timeout=120)
         daemon.signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1", timeout=30)
         await async_wait_until(lambda: _types_include(observer, room, "before_disconnect"), 30,
@@ -88,13 +75,6 @@ async def test_second_sigterm_cuts_a_stuck_drain_short(tmp_path, redis_url, live
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait_exit(30) == 1, daemon.log_tail()  # forced: not a clean drain
         assert "did not end in time; cancelled" in daemon.log_tail()
-    except BaseException:
-        print(daemon.log_tail(100))
-        raise
-    finally:
-        daemon.stop()
-        notify.close()
-        await observer.aclose()
 
 
 async def _types_include(observer: Observer, room: str, tag: str) -> bool:

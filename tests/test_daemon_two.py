@@ -5,12 +5,11 @@ drains and the other takes its rooms over."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 
 import pytest
 
-from daemonproc import DaemonProcess, Observer, run_cli_many
+from daemonproc import DaemonProcess, Observer, observing, run_cli_many, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
 
@@ -45,14 +44,19 @@ class DuplicateWatch:
         self._stop.set()
         await self.task
 
+    async def __aenter__(self) -> DuplicateWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.task.done():
+            await self.stop()
+
 
 async def test_two_daemons_never_hold_the_same_room(tmp_path, redis_url, livekit_server):
     rooms = [f"two-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
     first = DaemonProcess(tmp_path / "a", redis_url, livekit_server.url, daemon_id="daemon-a", max_rooms=12)
     second = DaemonProcess(tmp_path / "b", redis_url, livekit_server.url, daemon_id="daemon-b", max_rooms=ROOMS)
-    observer = Observer(redis_url, livekit_server.url)
-    watch = DuplicateWatch(observer, rooms)
-    try:
+    async with observing(first, second) as observer, DuplicateWatch(observer, rooms) as watch:
         run_cli_many([["join", room] for room in rooms], first.config)
 
         async def held_by() -> dict[str, str]:
@@ -70,8 +74,7 @@ async def test_two_daemons_never_hold_the_same_room(tmp_path, redis_url, livekit
         # the first daemon drains; the second takes every room over (a fresh session, a new epoch)
         first_rooms = [room for room, owner in owners.items() if owner == "daemon-a"]
         seqs = {room: (await observer.records(room))[-1].seq for room in first_rooms}
-        first.signal(signal.SIGTERM)
-        assert await first.wait_exit(60) == 0, first.log_tail()
+        await first.sigterm_exits(0)
         await observer.wait_connected(first_rooms, timeout=120, after=seqs)
         await async_wait_until(lambda: _all_by(held_by(), rooms, "daemon-b"), 60, "daemon-b holds every room")
         bots = await observer.bots_by_room(rooms)
@@ -85,18 +88,7 @@ async def test_two_daemons_never_hold_the_same_room(tmp_path, redis_url, livekit
         assert watch.polls > 10
         assert watch.duplicates == [], watch.duplicates[:3]
 
-        second.signal(signal.SIGTERM)
-        assert await second.wait_exit(60) == 0, second.log_tail()
-    except BaseException:
-        print(first.log_tail(100))
-        print(second.log_tail(100))
-        raise
-    finally:
-        if not watch.task.done():
-            await watch.stop()
-        first.stop()
-        second.stop()
-        await observer.aclose()
+        await second.sigterm_exits(0)
 
 
 async def _count(held, daemon: str, n: int) -> bool:
@@ -119,11 +111,8 @@ async def test_a_daemon_whose_lease_is_taken_stops_at_once_and_is_fenced(tmp_pat
     rooms = [f"fence-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
     stolen, kept = rooms
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url)
-    observer = Observer(redis_url, livekit_server.url)
-    try:
-        run_cli_many([["join", room] for room in rooms], daemon.config)
-        daemon.start()
-        await observer.wait_connected(rooms, timeout=120)
+    async with observing(daemon) as observer:
+        await start_in_rooms(daemon, observer, rooms, timeout=120)
         lease = observer.keys.lease(stolen)
         epoch = int(await observer.redis.hget(lease, "epoch")) + 1
         seconds, micros = await observer.redis.time()
@@ -139,14 +128,7 @@ async def test_a_daemon_whose_lease_is_taken_stops_at_once_and_is_fenced(tmp_pat
         back = [r for r in await observer.records(stolen) if r.seq > seq and tag_of(r) == "session_started"]
         assert len(back) == 1 and back[0].cause == "takeover" and back[0].epoch == epoch + 1, back
         assert (await observer.types(kept)).count("session_started") == 1  # the other room never noticed
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait_exit(60) == 0, daemon.log_tail()
-    except BaseException:
-        print(daemon.log_tail(100))
-        raise
-    finally:
-        daemon.stop()
-        await observer.aclose()
+        await daemon.sigterm_exits(0)
 
 
 async def _fenced(observer: Observer, room: str) -> bool:
