@@ -2,8 +2,10 @@
 
 Life of a daemon (``room-supervisor serve``):
 
-1. lock its spool, replay spools of daemons that are gone, start the EventWriter and the HTTP endpoint;
-2. wait until Redis and LiveKit answer, then ``READY=1``;
+1. lock its spool, start the HTTP endpoint;
+2. wait until Redis and LiveKit answer; replay the spools of daemons that are gone, start the EventWriter and
+   wait until its own spool (left by an earlier run) is in Redis, each within ``drain_timeout``: spooled
+   records carry the epochs of their time, which a room refuses once claimed again; then ``READY=1``;
 3. reconcile every ``reconcile_interval`` seconds, and at once when a control command arrives: stop sessions
    of rooms no longer desired, restart those whose pipeline changed, claim leases of desired rooms nobody
    holds (up to ``max_rooms``) and start a RoomSession for each; heartbeat its state to ``rs:daemon:<id>``;
@@ -48,7 +50,7 @@ from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .session import STATES, RoomSession, SessionContext, SessionRunner
 from .settings import Settings, SettingsError
-from .spoolfiles import SpoolUnavailable, own_spool, replay_orphans
+from .spoolfiles import SpoolUnavailable, own_spool, replay_before_claims
 
 log = logging.getLogger("supervisor")
 
@@ -168,14 +170,18 @@ class Daemon:
         self._spool_path = spool_path
 
     async def _wait_until_ready(self) -> bool:
-        """Wait until Redis and LiveKit answer (False if a drain was asked for first)."""
+        """Wait until Redis and LiveKit answer and the spools are replayed (False if a drain was asked for
+        first)."""
         assert self.probes is not None and self.writer is not None
         said = ""
         while not self.drain_requested.is_set():
             problems = await self.probes.dependencies()
             if not problems:
-                await self._prepare_redis()
-                return True
+                try:
+                    await self._prepare_redis()
+                    return not self.drain_requested.is_set()
+                except REDIS_TROUBLE as exc:
+                    problems = [f"redis: {type(exc).__name__}: {exc}"[:300]]
             text = "waiting: " + "; ".join(problems)
             if text != said:
                 log.warning("daemon %s %s", self.id, text)
@@ -188,10 +194,8 @@ class Daemon:
         s = self.settings
         assert self.writer is not None
         await load_partitions(self.redis, self.keys, s.redis.partitions)
-        replayed = await replay_orphans(self.redis, self.keys, s.writer.spool_dir, self._spool_path)
-        if replayed:
-            log.info("daemon %s: %d records from spools of gone daemons are in Redis", self.id, replayed)
-        await self.writer.start()
+        await replay_before_claims(self.redis, self.keys, self.writer, s.writer.spool_dir, self._spool_path,
+                                   s.daemon.drain_timeout, self.drain_requested)
 
     async def drain(self) -> bool:
         """Stop every session gracefully, release leases, flush the writer, within ``drain_timeout``.
