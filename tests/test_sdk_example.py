@@ -71,6 +71,7 @@ def test_every_block_of_the_guide_runs(redis_url, monkeypatch, capsys):
     assert "rooms with news: ['support call 42']" in out
     assert "present now: [] left: ['alice']" in out
     assert "present at seq 3: ['alice']" in out
+    assert "1 room(s) rebuilt; 'support call 42': call joined/waiting" in out
     assert "talk time at seq 8: {'alice': 3.0}" in out
     assert "'support call 42' is joined/waiting at seq 8" in out
     # ... and its shell commands
