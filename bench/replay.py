@@ -8,15 +8,20 @@ Starts its own redis-server (free loopback port, temp dir), loads ``--events`` r
 against a real EventWriter first), then times, on the same data:
 
 - ``ours``: :func:`eventstore.consumer.replay_many`: every room, both projections (participants, call-state)
-  rebuilt from zero (pipelined XRANGE over many rooms, each entry decoded once, folded into both reducers);
+  rebuilt from zero (pipelined XRANGE over many rooms, a page decoded in one call, each record folded into both
+  reducers, Python's cyclic GC paused meanwhile);
 - ``naive``: redis-py ``XRANGE`` room by room, ``json.loads`` of each entry, dict-based reducers following the
-  same rules written the simple way (mutable dicts), both projections;
-- for information: ``replay()`` room by room and projection by projection (the one-room API), and the consumer
-  (``ProjectionRunner.run(until_caught_up=True)`` per projection, which also writes every state to Redis).
+  same rules written the simple way (mutable dicts, edited in place), both projections;
+- for information: ours with the GC left on, ``replay()`` room by room and projection by projection (the
+  one-room API), and the consumers (``ProjectionRunner.run(until_caught_up=True)`` per projection, which also
+  writes every state to Redis with its compare-and-set checkpoint).
 
-The naive reducers' conclusions are compared with ours on every room (who is present / left, per-person and
-room counters, call state, phase, remote participants), so both sides do the same work. Prints one JSON object;
-exits non-zero when ``ours / naive`` is below the target ratio or the two disagree.
+The naive reducers' conclusions are compared with ours on every room (who is present / left and why, per-person
+and room counters, open tracks, bot state, call state, phase, remote participants, transitions), so both sides
+do the same work. The workload has no departure without a LiveKit reason, so the naive side implements the
+"suspect departure" rules (a full reconnect's synthetic departures) only roughly; everything the workload
+exercises is implemented in full. Prints one JSON object; exits non-zero when ``ours / naive`` is below the
+target ratio or the two disagree.
 """
 
 from __future__ import annotations
