@@ -16,7 +16,7 @@ from eventstore.connection import connect
 from eventstore.consumer import materialized
 from eventstore.keys import InvalidKeyPart, Keys
 
-from .control import Control, DesiredRoom, JoinResult
+from .control import Control, DesiredRoom, JoinResult, unusable_name
 from .errors import CommandError
 from .heartbeat import Heartbeat, read_heartbeats
 from .rooms import check_room_name
@@ -137,13 +137,15 @@ async def gather_rooms(redis: Any, keys: Keys) -> dict[str, dict[str, Any]]:
         rooms.setdefault(raw.decode("utf-8", "replace"), {})
     for name, entry in desired.rooms.items():
         rooms.setdefault(name, {})["desired"] = msgspec.to_builtins(entry)
-    for name in desired.unreadable:
-        rooms.setdefault(name, {})["desired"] = {"error": "unreadable desired-state entry"}
+    for name in desired.unreadable:  # the name as text people can print (invalid UTF-8 as \xNN)
+        shown_name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        rooms.setdefault(shown_name, {})["desired"] = {"error": "unreadable desired-state entry"}
     for beat in beats:
         for name, view in beat.rooms.items():
             rooms.setdefault(name, {})["session"] = {"daemon": beat.id, **view}
     for name, info in rooms.items():
-        info.update(await _room_states(redis, keys, name))
+        if not unusable_name(name):  # "" has no keys
+            info.update(await _room_states(redis, keys, name))
     return dict(sorted(rooms.items()))
 
 

@@ -23,7 +23,7 @@ from enum import Enum
 import msgspec
 import redis.asyncio as aioredis
 
-from eventstore.keys import Keys
+from eventstore.keys import InvalidKeyPart, Keys, encode_name
 
 from .redisutil import text
 
@@ -64,7 +64,27 @@ _decode = msgspec.json.Decoder(DesiredRoom).decode
 class DesiredState:
     rooms: dict[str, DesiredRoom]
     raw: dict[str, bytes]  # the JSON each entry was read as, for compare-and-set
-    unreadable: list[str]  # entries that are not desired-room JSON (written by hand?), skipped
+    unreadable: dict[str, str]  # name -> why it is skipped (garbage written by hand?); never claimed
+
+
+def unusable_name(name: str) -> str:
+    """Why ``name`` (a hash field read with ``surrogateescape``) cannot be a room, or ``""`` if it can."""
+    if not name:
+        return "empty room name"
+    try:
+        encode_name(name)
+    except InvalidKeyPart:
+        return "room name is not valid UTF-8"
+    return ""
+
+
+def shown(name: str) -> str:
+    """``name`` for people: its repr, or the repr of its bytes when it is not valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(name.encode("utf-8", "surrogateescape"))
+    return repr(name)
 
 
 class Control:
@@ -109,12 +129,13 @@ class Control:
         raw = await self._redis.hgetall(self.keys.desired())
         rooms: dict[str, DesiredRoom] = {}
         raws: dict[str, bytes] = {}
-        unreadable: list[str] = []
+        unreadable: dict[str, str] = {}
         for field, value in raw.items():
             name = text(field)
-            entry = _safe_decode(value)
-            if entry is None or not name:
-                unreadable.append(name)
+            why = unusable_name(name)
+            entry = None if why else _safe_decode(value)
+            if entry is None:
+                unreadable[name] = why or "not desired-room JSON ({pipeline, since})"
                 continue
             rooms[name] = entry
             raws[name] = value

@@ -41,6 +41,7 @@ from .errors import CommandError
 from .heartbeat import Heartbeat, delete_heartbeat, write_heartbeat
 from .http import HttpEndpoint
 from .leases import Leases
+from .loops import Loops
 from .runtime_settings import reloadable, set_level
 from .metrics import DaemonMetrics
 from .notify import Notifier
@@ -80,7 +81,9 @@ class Daemon:
         self._reload = reload
         self._run_session = run_session
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.loops = Loops(lambda: self.metrics.errors.labels("internal").inc())
+        self._reconcile_failing = False
+        self._watchdog_silenced = False
         self._started = time.time()
         self._closed = False
         self._last_status = ""
@@ -128,9 +131,8 @@ class Daemon:
                 self.state = "ready"
                 self.notifier.ready(await self._status())
                 log.info("daemon %s ready (instance %s)", self.id, self.instance)
-                for coro, name in ((self._reconcile_loop(), "reconcile"),
-                                   (self.reconciler.watch_commands(self._wake), "control")):
-                    self._tasks.append(loop.create_task(coro, name=name))
+                self.loops.start("reconcile", self._reconcile_step)
+                self.loops.start("control", lambda: self.reconciler.watch_commands(self._wake))
                 await self.drain_requested.wait()
             return EXIT_DRAINED if await self.drain() else EXIT_NOT_DRAINED
         finally:
@@ -156,17 +158,17 @@ class Daemon:
         writer = self.writer
         self.metrics.watch(lambda: writer.pending, lambda: writer.spooled_bytes, self.monitor.lag)
         self.livekit = lkapi.LiveKitAPI(s.livekit.url, s.livekit.api_key, s.livekit.api_secret, failover=False)
-        self.probes = Probes(self.redis, self.livekit, self.monitor, self.metrics)
+        self.probes = Probes(self.redis, self.livekit, self.monitor, self.metrics, self.loops.problems)
         if s.daemon.http_port:
             self.http = HttpEndpoint(s.daemon.http_host, s.daemon.http_port, self.probes.health, self.metrics.render)
             try:
                 await self.http.start()
             except OSError as exc:
                 raise DaemonStartError(f"cannot listen on {s.daemon.http_host}:{s.daemon.http_port}: {exc}") from None
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
-        self._tasks.append(loop.create_task(self._watchdog_loop(), name="watchdog"))
-        self._tasks.append(loop.create_task(self._reload_loop(), name="reload"))
+        self.loops.start("heartbeat", self._heartbeat_step)
+        self.loops.start("reload", self._reload_step)
+        if self.settings.daemon.watchdog_interval or self.notifier.watchdog_interval:
+            self.loops.start("watchdog", self._watchdog_step)
         self._spool_path = spool_path
 
     async def _wait_until_ready(self) -> bool:
@@ -206,7 +208,7 @@ class Daemon:
         sessions = await self.registry.sessions()
         self.notifier.stopping(f"draining {len(sessions)} rooms")
         log.info("daemon %s draining %d rooms (bound %.1fs)", self.id, len(sessions), self.settings.daemon.drain_timeout)
-        await self._cancel_tasks(lambda t: t.get_name() in ("reconcile", "control"))
+        await self.loops.stop(("reconcile", "control"))
         for session in sessions.values():
             session.request_stop("drained")
         reserve = min(2.0, self.settings.daemon.drain_timeout * 0.2)
@@ -249,7 +251,7 @@ class Daemon:
             return
         self._closed = True
         await self._cancel_sessions((await self.registry.sessions()).values())
-        await self._cancel_tasks(lambda t: True)
+        await self.loops.stop()
         if self.monitor.task is not None:
             self.monitor.task.cancel()
             await asyncio.gather(self.monitor.task, return_exceptions=True)
@@ -268,13 +270,6 @@ class Daemon:
         if self._spool_lock is not None:
             self._spool_lock.release()
 
-    async def _cancel_tasks(self, which: Callable[[asyncio.Task[None]], bool]) -> None:
-        chosen = [t for t in self._tasks if which(t)]
-        for t in chosen:
-            t.cancel()
-        await asyncio.gather(*chosen, return_exceptions=True)
-        self._tasks = [t for t in self._tasks if t not in chosen]
-
     # --- reconcile -------------------------------------------------------------------------------------------
 
     def _context(self) -> SessionContext:
@@ -282,21 +277,19 @@ class Daemon:
         return SessionContext(self.writer, self.leases, self.control, self.registry, self.metrics, self.id,
                               lambda: self.settings, self._run_session, self.livekit)
 
-    async def _reconcile_loop(self) -> None:
-        failing = False
-        while True:
-            try:
-                await self.reconcile_once()
-                if failing:
-                    log.info("daemon %s: Redis answers again; reconciling", self.id)
-                failing = False
-            except REDIS_TROUBLE as exc:
-                self.metrics.errors.labels("redis").inc()
-                if not failing:
-                    log.warning("daemon %s: reconcile failed (%r); retrying", self.id, exc)
-                failing = True
-            self._wake.clear()
-            await self._sleep_unless(self._wake, self.settings.daemon.reconcile_interval)
+    async def _reconcile_step(self) -> None:
+        try:
+            await self.reconcile_once()
+            if self._reconcile_failing:
+                log.info("daemon %s: Redis answers again; reconciling", self.id)
+            self._reconcile_failing = False
+        except REDIS_TROUBLE as exc:
+            self.metrics.errors.labels("redis").inc()
+            if not self._reconcile_failing:
+                log.warning("daemon %s: reconcile failed (%r); retrying", self.id, exc)
+            self._reconcile_failing = True
+        self._wake.clear()
+        await self._sleep_unless(self._wake, self.settings.daemon.reconcile_interval)
 
     async def reconcile_once(self) -> None:
         desired = await self.reconciler.once()
@@ -311,11 +304,10 @@ class Daemon:
             log.info("daemon %s: no desired room left (--burst); draining", self.id)
             self.drain_requested.set()
 
-    async def _reload_loop(self) -> None:
-        while True:
-            await self.reload_requested.wait()
-            self.reload_requested.clear()
-            self._apply_reload()
+    async def _reload_step(self) -> None:
+        await self.reload_requested.wait()
+        self.reload_requested.clear()
+        self._apply_reload()
 
     def _apply_reload(self) -> None:
         if self._reload is None:
@@ -344,30 +336,32 @@ class Daemon:
         other = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != "running" and n)
         return f"{self.state}: {running} rooms running" + (f", {other}" if other else "")
 
-    async def _heartbeat_loop(self) -> None:
+    async def _heartbeat_step(self) -> None:
         interval = max(0.5, min(5.0, self.settings.daemon.lease_ttl / 3))
-        while True:
-            if self.state != "starting" and self.probes is not None:
-                await self.probes.dependencies()  # keeps redis_ok/livekit_ok and their metrics current
-            beat = Heartbeat(
-                id=self.id, instance=self.instance, host=socket.gethostname(), pid=os.getpid(), state=self.state,
-                started=self._started, updated=time.time(), max_rooms=self.settings.daemon.max_rooms,
-                redis_ok=bool(self.probes and self.probes.redis_ok),
-                livekit_ok=bool(self.probes and self.probes.livekit_ok), rooms=await self.registry.views(),
-            )
-            try:
-                await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)
-            except REDIS_TROUBLE:
-                pass
-            await asyncio.sleep(interval)
+        if self.state != "starting" and self.probes is not None:
+            await self.probes.dependencies()  # keeps redis_ok/livekit_ok and their metrics current
+        beat = Heartbeat(
+            id=self.id, instance=self.instance, host=socket.gethostname(), pid=os.getpid(), state=self.state,
+            started=self._started, updated=time.time(), max_rooms=self.settings.daemon.max_rooms,
+            redis_ok=bool(self.probes and self.probes.redis_ok),
+            livekit_ok=bool(self.probes and self.probes.livekit_ok), rooms=await self.registry.views(),
+        )
+        try:
+            await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)
+        except REDIS_TROUBLE:
+            pass
+        await asyncio.sleep(interval)
 
-    async def _watchdog_loop(self) -> None:
-        interval = self.settings.daemon.watchdog_interval or self.notifier.watchdog_interval
-        if not interval:
-            return
-        while True:
+    async def _watchdog_step(self) -> None:
+        """Ping systemd's watchdog, unless a loop has ended: then systemd should restart us."""
+        problems = self.loops.problems()
+        if not problems:
             self.notifier.watchdog()
-            await asyncio.sleep(interval)
+        elif not self._watchdog_silenced:
+            self._watchdog_silenced = True
+            log.error("daemon %s: watchdog pings stop (%s); systemd will restart the daemon", self.id,
+                      "; ".join(problems))
+        await asyncio.sleep(self.settings.daemon.watchdog_interval or self.notifier.watchdog_interval or 1.0)
 
     @staticmethod
     async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

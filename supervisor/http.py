@@ -1,7 +1,8 @@
 """A tiny asyncio HTTP/1.1 endpoint: ``GET /healthz`` and ``GET /metrics``; one request per connection.
 
-``/healthz`` answers 200 only while Redis and LiveKit answer and the event loop keeps up, else 503; the body
-is JSON saying what was checked and what is wrong. ``/metrics`` is Prometheus text.
+``/healthz`` answers 200 only while Redis and LiveKit answer, the event loop keeps up and none of the daemon's
+long-running loops has ended, else 503; the body is JSON saying what was checked and what is wrong.
+``/metrics`` is Prometheus text.
 """
 
 from __future__ import annotations

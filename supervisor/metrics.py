@@ -38,7 +38,7 @@ class DaemonMetrics:
         self.spool_bytes = Gauge("room_supervisor_spool_bytes", "Bytes waiting in the local spool file",
                                  registry=r)
         self.loop_lag = Gauge("room_supervisor_loop_lag_seconds", "Largest recent event loop lag", registry=r)
-        for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit"):
+        for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit", "internal"):
             self.errors.labels(kind)
         for cause in ("rejoin", "restart"):
             self.rejoins.labels(cause)

@@ -1,4 +1,5 @@
-"""Health probes of the daemon: does Redis answer, does LiveKit answer, does the event loop keep up."""
+"""Health probes of the daemon: does Redis answer, does LiveKit answer, does the event loop keep up, are its
+long-running loops all still there."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import Callable
 
 import redis.asyncio as aioredis
 from livekit import api as lkapi
@@ -53,8 +55,9 @@ class LoopMonitor:
 
 class Probes:
     def __init__(self, redis: aioredis.Redis, livekit: lkapi.LiveKitAPI, monitor: LoopMonitor,
-                 metrics: DaemonMetrics) -> None:
+                 metrics: DaemonMetrics, loop_problems: Callable[[], list[str]] = list) -> None:
         self._redis = redis
+        self._loop_problems = loop_problems
         self.livekit = livekit
         self.monitor = monitor
         self.metrics = metrics
@@ -95,5 +98,8 @@ class Probes:
         lag = self.monitor.lag()
         if lag > MAX_LOOP_LAG:
             problems.append(f"event loop: {lag:.2f}s behind")
-        checks = {"redis": self.redis_ok, "livekit": self.livekit_ok, "loop_lag_seconds": round(lag, 3)}
+        ended = self._loop_problems()
+        problems += ended
+        checks = {"redis": self.redis_ok, "livekit": self.livekit_ok, "loop_lag_seconds": round(lag, 3),
+                  "loops": not ended}
         return Health(not problems, checks, problems)
