@@ -11,7 +11,8 @@ Life of a daemon (``room-supervisor serve``):
    holds (up to ``max_rooms``) and start a RoomSession for each; heartbeat its state to ``rs:daemon:<id>``;
 4. on the first SIGTERM, drain: ``STOPPING=1``, every session leaves gracefully (``on_before_disconnect``),
    leases are released, the writer flushes, all within ``drain_timeout``; exit 0 if everything ended in time.
-   A second SIGTERM, or SIGINT, cuts the drain short. SIGHUP reloads the settings.
+   A second SIGTERM, or SIGINT, exits at once (about a second: sessions are cancelled, the writer gets a last
+   moment, what is not in Redis stays in the spool; exit 1). SIGHUP reloads the settings.
 
 Signal handlers only set state; all work happens in tasks.
 """
@@ -34,9 +35,10 @@ from eventstore.connection import connect
 from eventstore.feed import load_partitions
 from eventstore.keys import Keys
 from eventstore.spool import Spool
-from eventstore.writer import EventWriter
+from eventstore.writer import EventWriter, RecordsNotWritten
 
 from .control import Control
+from .drain import CLOSE_WAIT, FORCED_WAIT, cancel_sessions, exit_now, wait_sessions
 from .errors import CommandError
 from .heartbeat import Heartbeat, delete_heartbeat, write_heartbeat
 from .http import HttpEndpoint
@@ -51,7 +53,7 @@ from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .session import STATES, RoomSession, SessionContext, SessionRunner
 from .settings import Settings, SettingsError
-from .spoolfiles import SpoolUnavailable, own_spool, replay_before_claims
+from .spoolfiles import SpoolUnavailable, flush_unless, own_spool, replay_before_claims
 
 log = logging.getLogger("supervisor")
 
@@ -212,53 +214,45 @@ class Daemon:
         for session in sessions.values():
             session.request_stop("drained")
         reserve = min(2.0, self.settings.daemon.drain_timeout * 0.2)
-        left = await self._wait_sessions(sessions.values(), deadline - reserve)
+        left = await wait_sessions(sessions.values(), deadline - reserve - loop.time(), self.force_requested)
         if left:
             log.error("daemon %s: %d sessions did not end in time; cancelled", self.id, len(left))
-            await self._cancel_sessions(left)
-        budget = 1.0 if self.force_requested.is_set() else max(0.1, deadline - loop.time())
-        flushed = self.writer is None or await self.writer.flush(budget)
-        if not flushed:
+            await cancel_sessions(left, self.force_requested)
+        flushed = not self.forced and (self.writer is None or await flush_unless(
+            self.writer, max(0.1, deadline - loop.time()), self.force_requested))
+        if self.forced:
+            log.warning("daemon %s: forced exit; the writer gets %.1fs, then what is not in Redis stays in the "
+                        "spool", self.id, FORCED_WAIT)
+        elif not flushed:
             log.error("daemon %s: writer not flushed in time; the rest goes to the spool", self.id)
-        log.info("daemon %s drained (clean=%s)", self.id, not left and flushed)
-        return not left and flushed
+        clean = not left and flushed
+        log.info("daemon %s drained (clean=%s)", self.id, clean)
+        return clean
 
-    async def _wait_sessions(self, sessions, until: float) -> list[RoomSession]:
-        loop = asyncio.get_running_loop()
-        tasks = {s.task: s for s in sessions if s.task is not None}
-        forced = loop.create_task(self.force_requested.wait())
-        try:
-            pending = set(tasks)
-            while pending and not self.force_requested.is_set() and loop.time() < until:
-                _, pending = await asyncio.wait(pending | {forced}, timeout=until - loop.time(),
-                                                return_when=asyncio.FIRST_COMPLETED)
-                pending.discard(forced)
-        finally:
-            forced.cancel()
-            await asyncio.gather(forced, return_exceptions=True)
-        return [tasks[t] for t in pending]
-
-    async def _cancel_sessions(self, sessions) -> None:
-        tasks = [s.task for s in sessions if s.task is not None and not s.task.done()]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+    @property
+    def forced(self) -> bool:
+        """A second SIGTERM, or SIGINT: every wait from now on is cut to :data:`FORCED_WAIT`."""
+        return self.force_requested.is_set()
 
     async def aclose(self) -> None:
-        """Release everything. Safe to call twice, and after a failed start."""
+        """Release everything. Safe to call twice, and after a failed start. On a forced exit every step is
+        bounded by :data:`FORCED_WAIT`; records not yet in Redis stay in the spool."""
         if self._closed:
             return
         self._closed = True
-        await self._cancel_sessions((await self.registry.sessions()).values())
+        wait = FORCED_WAIT if self.forced else CLOSE_WAIT
+        await cancel_sessions((await self.registry.sessions()).values(), self.force_requested)
         await self.loops.stop()
         if self.monitor.task is not None:
             self.monitor.task.cancel()
             await asyncio.gather(self.monitor.task, return_exceptions=True)
         if self.writer is not None:
-            await self.writer.aclose(timeout=2.0)
+            try:
+                await self.writer.aclose(timeout=wait)
+            except RecordsNotWritten as exc:
+                log.error("daemon %s: %s", self.id, exc)
         try:
-            await asyncio.wait_for(delete_heartbeat(self.redis, self.keys, self.id, self.instance), 2)
+            await asyncio.wait_for(delete_heartbeat(self.redis, self.keys, self.id, self.instance), wait)
         except REDIS_TROUBLE:
             pass
         if self.http is not None:
@@ -381,5 +375,8 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     log.info("settings: %r", settings)
     keys_of(settings)
     daemon = Daemon(settings, reload=lambda: settings_from(args), burst=getattr(args, "burst", False))
-    return await daemon.run()
+    code = await daemon.run()
+    if daemon.forced:
+        exit_now(code)
+    return code
 

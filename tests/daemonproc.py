@@ -35,6 +35,9 @@ from supervisor.heartbeat import read_heartbeats
 
 REPO = Path(__file__).resolve().parent.parent
 BOT_PREFIX = "rs-bot-"
+# A forced exit (second SIGTERM) takes about half a second; this is generous for a loaded machine, and still
+# below the 5 s and more the earlier forced path took.
+FORCED_EXIT_DEADLINE = 4.0
 
 
 def write_config(path: Path, redis_url: str, livekit_url: str, *, spool_dir: Path, daemon_id: str,

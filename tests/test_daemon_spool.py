@@ -1,10 +1,15 @@
-"""Spools are replayed before the daemon claims any room. A spooled record carries the fencing epoch of the lease
-it was written under; once a daemon claims the room again (epoch + 1) the room refuses it as ``FENCED`` into
+"""Spools: what a daemon could not write to Redis waits in its spool file, even through a forced exit, and is
+replayed before the next start claims any room. A spooled record carries the fencing epoch of the lease it was
+written under; once a daemon claims the room again (epoch + 1) the room refuses it as ``FENCED`` into
 ``rs:dead``. So the daemon's own spool (left by its previous run) and the spools of gone daemons must be in
 Redis before its first claim, even when Redis comes up only after the daemon started."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -12,13 +17,16 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from daemonproc import DaemonProcess, observing, run_cli_many
+from daemonproc import (FORCED_EXIT_DEADLINE, DaemonProcess, NotifyListener, Observer, observing, run_cli, run_cli_many,
+                        start_in_rooms)
 from eventstore.keys import Keys, encode_name
 from eventstore.records import DataReceived, tag_of
 from eventstore.spool import Spool
 from eventstore.writer import EventWriter
 from harness.util import async_wait_until
 from supervisor.leases import Leases
+
+from test_daemon_lifecycle import http_get
 
 pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -87,3 +95,73 @@ async def test_spools_are_replayed_before_the_first_claim(tmp_path, fresh_redis,
 
     assert spool_is_empty(daemon.spool_dir / f"{encode_name(daemon.id)}.spool")
     assert not (daemon.spool_dir / "gone-daemon.spool").exists()
+
+
+def spooled_data(path: Path, workdir: Path) -> list[bytes]:
+    """The payloads of the ``data_received`` records in a spool, read from a copy (reading consumes)."""
+    copy = workdir / "inspect.spool"
+    shutil.copy(path, copy)
+    offset = path.with_name(path.name + ".offset")
+    if offset.exists():
+        shutil.copy(offset, copy.with_name(copy.name + ".offset"))
+    spool, payloads = Spool(copy), []
+    try:
+        while read := spool.read(max_units=1000):
+            for unit, _ in read:
+                payloads += [data[1:] for kind, _, data in unit.items if kind == "data_received"]
+            spool.consumed(read[-1][1])
+    finally:
+        spool.close()
+    return payloads
+
+
+@pytest.mark.timeout(360)
+async def test_second_sigterm_exits_at_once_and_keeps_unwritten_records_in_the_spool(
+        tmp_path, fresh_redis, livekit_server, participant_factory):
+    """Redis dies under a running daemon; a caller's data keeps coming (the records wait in memory); a drain
+    hangs in a slow ``on_before_disconnect``; a second SIGTERM ends the daemon at once (exit 1), and what never
+    reached Redis is in the spool. The next start, once Redis is back, puts it in the room's stream."""
+    room = f"forced-{uuid.uuid4().hex[:6]}"
+    payloads = [f"while redis was down #{i}".encode() for i in range(5)]
+    notify = NotifyListener()
+    daemon = DaemonProcess(tmp_path, fresh_redis.url, livekit_server.url, drain_timeout=120.0,
+                           env={"NOTIFY_SOCKET": notify.name})
+    async with observing(daemon, notify=notify, log_lines=150) as observer:
+        await start_in_rooms(daemon, observer, [room], pipeline="tests.daemon_pipelines:slow_leave", timeout=120)
+        caller = await participant_factory("caller", room=room)
+        await async_wait_until(lambda: _has(observer, room, "participant_connected"), 30, "the caller recorded")
+        epoch = (await observer.records(room))[-1].epoch
+
+        fresh_redis.kill()
+        for payload in payloads:
+            await caller.send_bytes(payload, "chat")
+        await async_wait_until(lambda: _writer_pending(daemon) >= len(payloads), 30, "the records to wait in memory")
+        daemon.signal(signal.SIGTERM)
+        await notify.wait_for("STOPPING=1", timeout=30)
+        await asyncio.sleep(1.0)
+        assert daemon.running  # the drain waits for the slow handler (up to drain_timeout, 120 s)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(FORCED_EXIT_DEADLINE) == 1, daemon.log_tail()  # at once, not clean
+
+        spool = daemon.spool_dir / f"{encode_name(daemon.id)}.spool"
+        assert spooled_data(spool, tmp_path) == payloads
+
+        fresh_redis.start()
+        await observer.redis.connection_pool.disconnect()  # its connections died with the server
+        assert run_cli("leave", room, config=daemon.config).returncode == 0  # the next start only replays
+        daemon.start()
+        await async_wait_until(lambda: spool_is_empty(spool), 60, "the spool replayed")
+        data = [r for r in await observer.records(room) if tag_of(r) == "data_received"]
+        assert [r.data for r in data] == payloads and all(r.epoch == epoch for r in data)
+        assert await observer.redis.xlen(observer.keys.dead()) == 0
+        await daemon.sigterm_exits(0)
+
+
+async def _has(observer: Observer, room: str, tag: str) -> bool:
+    return tag in await observer.types(room)
+
+
+def _writer_pending(daemon: DaemonProcess) -> float:
+    status, body = http_get(daemon.http_port, "/metrics")
+    match = re.search(rb"^room_supervisor_writer_pending (\S+)$", body, re.M)
+    return float(match.group(1)) if status == 200 and match else 0.0

@@ -1,0 +1,70 @@
+"""The end of a daemon: waiting for room sessions within a bound, and the forced exit.
+
+A drain (first SIGTERM) gives sessions ``drain_timeout`` to leave gracefully, cancels those still running and
+gives them :data:`CANCEL_WAIT` more to leave LiveKit. A forced exit (a second SIGTERM, or SIGINT) cuts every one
+of these waits to :data:`FORCED_WAIT`, gives the writer as long to send what it holds (the rest stays in its
+spool, replayed by the next start), and ends the process with :func:`exit_now`: exit code 1, about a second
+after the signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterable, NoReturn
+
+from .session import RoomSession
+
+log = logging.getLogger("supervisor")
+
+CANCEL_WAIT = 5.0  # s: how long cancelled sessions get to leave LiveKit (the drain's own bound aside)
+CLOSE_WAIT = 2.0  # s: the writer's last flush, and removing the heartbeat, at exit
+FORCED_WAIT = 0.3  # s: the bound of each of those steps on a forced exit (second SIGTERM, SIGINT)
+
+
+async def wait_sessions(sessions: Iterable[RoomSession], seconds: float, force: asyncio.Event) -> list[RoomSession]:
+    """Wait up to ``seconds`` for the sessions to end, at most :data:`FORCED_WAIT` once ``force`` is set;
+    returns those still running."""
+    tasks = {s.task: s for s in sessions if s.task is not None}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    pending = {t for t in tasks if not t.done()}
+    forced = loop.create_task(force.wait())
+    try:
+        while pending:
+            left = start + (FORCED_WAIT if force.is_set() else seconds) - loop.time()
+            if left <= 0:
+                break
+            _, pending = await asyncio.wait(pending | {forced}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(forced)
+    finally:
+        forced.cancel()
+        await asyncio.gather(forced, return_exceptions=True)
+    return [tasks[t] for t in pending]
+
+
+async def cancel_sessions(sessions: Iterable[RoomSession], force: asyncio.Event) -> None:
+    """Cancel the sessions (a cancelled session leaves LiveKit and records why) and give them
+    :data:`CANCEL_WAIT`, or :data:`FORCED_WAIT` once ``force`` is set."""
+    running = [s for s in sessions if s.task is not None and not s.task.done()]
+    for session in running:
+        assert session.task is not None
+        session.task.cancel()
+    await wait_sessions(running, CANCEL_WAIT, force)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once after a forced drain (the daemon is closed: its spool written and unlocked).
+
+    Returning from the event loop would make asyncio cancel, then wait without bound for, every task still
+    running (a session's pipeline still leaving LiveKit, pipecat's own tasks) and the default executor's
+    threads."""
+    log.warning("forced exit (code %d); sessions still leaving LiveKit are cut off", code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
