@@ -18,7 +18,7 @@ Layout (prefix ``rs`` by default)::
     rs:rooms                         ZSET    every room that has events (member: raw name, score: first seen)
     rs:dead                          STREAM  dead letters: entries that could not be decoded
     rs:desired                       HASH    rooms to join -> desired-room JSON (pipeline, ...)
-    rs:control                       STREAM  control commands for daemons (join, leave, reload)
+    rs:control                       STREAM  join/leave announcements that wake daemons early
     rs:daemon:<id>                   STRING  daemon heartbeat (JSON), with a TTL
     rs:consumers:<proj>              ZSET    live consumer instances of a projection (score: heartbeat ms)
     rs:plock:<proj>:<n>              STRING  which consumer instance owns feed partition n
