@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import asyncio
 import logging
 import sys
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
 from .errors import CommandError
 from .settings import Settings, SettingsError, load_settings
@@ -131,6 +133,20 @@ def run_on_uvloop(coro: Coroutine[Any, Any, int]) -> int:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once after a forced drain (the daemon is closed: its spool written and unlocked).
+
+    Returning from the event loop would make asyncio cancel, then wait without bound for, every task still
+    running (a session's pipeline still leaving LiveKit, pipecat's own tasks) and the default executor's
+    threads."""
+    log.warning("forced exit (code %d); sessions still leaving LiveKit are cut off", code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def entrypoint() -> None:  # pragma: no cover - console script shim

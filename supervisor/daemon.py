@@ -38,7 +38,7 @@ from eventstore.spool import Spool
 from eventstore.writer import EventWriter, RecordsNotWritten
 
 from .control import Control
-from .drain import CLOSE_WAIT, FORCED_WAIT, cancel_sessions, exit_now, wait_sessions
+from .drain import CLOSE_WAIT, FORCED_WAIT, cancel_sessions, wait_sessions
 from .errors import CommandError
 from .heartbeat import Heartbeat, delete_heartbeat, write_heartbeat
 from .http import HttpEndpoint
@@ -377,6 +377,8 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     daemon = Daemon(settings, reload=lambda: settings_from(args), burst=getattr(args, "burst", False))
     code = await daemon.run()
     if daemon.forced:
+        from .cli import exit_now
+
         exit_now(code)
     return code
 

@@ -76,7 +76,7 @@ async def print_report(redis: aioredis.Redis, room: str, redis_port: int, say: C
     for line in call_state_lines(calls):
         say(line)
     base = keys.room_base(room)
-    say(f"\n=== the same log in redis-cli (first two entries) ===")
+    say("\n=== the same log in redis-cli (first two entries) ===")
     say(f"$ redis-cli -p {redis_port} XRANGE '{base}:events' - + COUNT 2")
     say(redis_cli_excerpt(redis_port, f"{base}:events"))
     say("\n=== look for yourself ===")

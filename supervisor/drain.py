@@ -3,18 +3,15 @@
 A drain (first SIGTERM) gives sessions ``drain_timeout`` to leave gracefully, cancels those still running and
 gives them :data:`CANCEL_WAIT` more to leave LiveKit. A forced exit (a second SIGTERM, or SIGINT) cuts every one
 of these waits to :data:`FORCED_WAIT`, gives the writer as long to send what it holds (the rest stays in its
-spool, replayed by the next start), and ends the process with :func:`exit_now`: exit code 1, about a second
+spool, replayed by the next start), and has the CLI end the process (`supervisor.cli.exit_now`): exit code 1, about a second
 after the signal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import sys
-from typing import Iterable, NoReturn
+from typing import Iterable
 
 from .session import RoomSession
 
@@ -54,17 +51,3 @@ async def cancel_sessions(sessions: Iterable[RoomSession], force: asyncio.Event)
         assert session.task is not None
         session.task.cancel()
     await wait_sessions(running, CANCEL_WAIT, force)
-
-
-def exit_now(code: int) -> NoReturn:
-    """End the process at once after a forced drain (the daemon is closed: its spool written and unlocked).
-
-    Returning from the event loop would make asyncio cancel, then wait without bound for, every task still
-    running (a session's pipeline still leaving LiveKit, pipecat's own tasks) and the default executor's
-    threads."""
-    log.warning("forced exit (code %d); sessions still leaving LiveKit are cut off", code)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
