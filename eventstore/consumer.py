@@ -44,6 +44,15 @@ return 1
 """
 
 
+def _stream_id(raw: bytes | str | None) -> tuple[int, int]:
+    """A stream entry id as a comparable pair (``(0, 0)`` for none)."""
+    if not raw:
+        return (0, 0)
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, n = text.partition("-")
+    return (int(ms), int(n or 0))
+
+
 def _honour_cancellation() -> None:
     """Raise ``CancelledError`` if this task was asked to cancel and the request got lost on the way.
 
@@ -166,7 +175,10 @@ class ProjectionRunner(Generic[S]):
                 return applied
 
     async def rooms_behind(self, partitions: set[int], total: int) -> list[str]:
-        """Rooms of ``partitions`` whose state is behind their stream."""
+        """Rooms of ``partitions`` whose state is behind their stream: the last appended entry (``last`` in the
+        room's meta hash) is after the checkpoint's entry. Not by sequence numbers: a record this version cannot
+        decode (a type from a newer schema) is read and passed over but never applied, so its seq is never
+        reached, and the room would look behind forever."""
         rooms: list[str] = []
         async for raw in self._redis.zscan_iter(self.keys.rooms(), count=1000):
             room = (raw[0] if isinstance(raw, tuple) else raw).decode("utf-8")
@@ -177,11 +189,16 @@ class ProjectionRunner(Generic[S]):
             chunk = rooms[i : i + 500]
             pipe = self._redis.pipeline(transaction=False)
             for room in chunk:
-                pipe.hget(self.keys.meta(room), "seq")
-                pipe.hget(self.keys.state(room, self.projection.name), "seq")
+                pipe.hmget(self.keys.meta(room), "seq", "last")
+                pipe.hmget(self.keys.state(room, self.projection.name), "seq", "id")
             replies = await pipe.execute()
             for j, room in enumerate(chunk):
-                if int(replies[2 * j] or 0) > int(replies[2 * j + 1] or 0):
+                (seq, last), (done_seq, done_id) = replies[2 * j], replies[2 * j + 1]
+                if last:
+                    behind = _stream_id(last) > _stream_id(done_id)
+                else:  # no entry id in the meta hash: fall back to sequence numbers
+                    behind = int(seq or 0) > int(done_seq or 0)
+                if behind:
                     out.append(room)
         return out
 
