@@ -21,6 +21,7 @@ import pytest
 from consumer_support import (
     ORDER_CHECK, SLOW_ORDER_CHECK, assert_materialized_equals_replay, client, interleave, poll, random_rooms, write,
 )
+from eventstore.consumer import materialized, replay
 from eventstore.feed import load_partitions
 from eventstore.keys import Keys
 from eventstore.projections.callstate import CALL_STATE
@@ -253,6 +254,61 @@ def test_order_is_kept_by_the_cli_consumer(redis_url, capsys, projection, monkey
         try:
             chosen = PARTICIPANTS if projection == "participants" else CALL_STATE
             await assert_materialized_equals_replay(redis, rooms, (chosen, ORDER_CHECK))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(check())
+
+
+def test_a_record_from_a_newer_writer_does_not_keep_the_burst_consumer_running(redis_url, capsys):
+    """A newer writer appends a type this version does not know (through the real append script, so it takes
+    a seq). The consumer passes it over (dead letter) and goes on; --until-caught-up still ends: a room is
+    caught up when its checkpoint reached the last entry, not the last seq (that seq is never applied)."""
+    from eventstore.codec import frame_batch
+    from eventstore.writer import _APPEND_LUA
+
+    rooms = random_rooms(16, rooms=2, per_room=12)
+    room = next(iter(rooms))
+    records = rooms[room]
+
+    async def append_from_the_future(redis) -> None:
+        rec = (b'{"type":"hologram_joined","seq":0,"v":2,"room":' + msgspec.json.encode(room)
+               + b',"session":"s9","ts":1.0,"hologram":"h1"}')
+        reply = await redis.eval(_APPEND_LUA, 3, KEYS.events(room), KEYS.meta(room), KEYS.lease(room), 0, -1,
+                                 "future-1", 0, frame_batch([("hologram_joined", rec, b"")]))
+        assert reply[0] == b"OK"
+
+    async def setup(last: bool) -> None:
+        redis = client(redis_url)
+        try:
+            if last:  # the future record is the room's last entry
+                await write(redis, records[:6] + [r for r in rooms[next(x for x in rooms if x != room)]])
+                await append_from_the_future(redis)
+            else:  # ... and then this version's records go on (seq numbers jump over it)
+                renumbered = [msgspec.structs.replace(r, seq=0) for r in records[6:]]
+                await write(redis, renumbered)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(setup(last=True))
+    for name in ("participants", "call-state"):
+        code, err = consume(capsys, redis_url, name)
+        assert code == 0, err
+    asyncio.run(setup(last=False))
+    for name in ("participants", "call-state"):
+        code, err = consume(capsys, redis_url, name)
+        assert (code, f"{name}: applied {len(records) - 6} records" in err) == (0, True)
+
+    async def check() -> None:
+        redis = client(redis_url)
+        try:
+            for p in (PARTICIPANTS, CALL_STATE):
+                state, seq = await materialized(redis, room, p)
+                assert seq == len(records) + 1  # the unknown record's seq was passed over, not applied
+                assert state == await replay(redis, room, p)
+            dead = await redis.xrange(KEYS.dead())
+            assert sorted(f[b"source"] for _, f in dead) == [b"consumer:call-state", b"consumer:participants"]
+            assert all(f[b"reason"].startswith(b"unknown_type") for _, f in dead)
         finally:
             await redis.aclose()
 
