@@ -12,6 +12,7 @@ import gc
 import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from consumer_support import (
@@ -24,6 +25,7 @@ from eventstore.groups import FeedGroup
 from eventstore.keys import Keys, partition_of
 from eventstore.projections.callstate import CALL_STATE
 from eventstore.projections.participants import PARTICIPANTS
+from eventstore.records import DataReceived
 from eventstore.writer import EventWriter
 
 KEYS = Keys()
@@ -154,6 +156,29 @@ async def test_leases_are_kept_while_a_long_backlog_is_caught_up(redis_url, capl
         await redis.aclose()
 
 
+class Payloads(msgspec.Struct, frozen=True):
+    room: str
+    data: tuple[bytes, ...] = ()
+
+
+class PayloadLog:
+    """Every data payload of a room, in order (bytes must come back exactly)."""
+
+    name = "payloads"
+    state_type = Payloads
+
+    def initial(self, room: str) -> Payloads:
+        return Payloads(room)
+
+    def apply(self, state: Payloads, record: Any) -> Payloads:
+        if isinstance(record, DataReceived):
+            return Payloads(state.room, state.data + (record.data,))
+        return state
+
+
+PAYLOADS = PayloadLog()
+
+
 @pytest.mark.parametrize("per_trip,count", [(64, 1000), (3, 7)])
 async def test_replay_many_equals_replay_room_by_room(redis_url, per_trip, count):
     """The bulk rebuild gives replay()'s states, also across pages, with foreign entries in the streams (the
@@ -168,7 +193,7 @@ async def test_replay_many_equals_replay_room_by_room(redis_url, per_trip, count
         await redis.xadd(KEYS.events(odd[1]), {"type": "connected", "seq": "999", "rec": "[1,2]"})
         await redis.xadd(KEYS.events(odd[2]), {"type": "data_received", "seq": "5", "rec": "{}", "data": "x"})
         await write(redis, feed[len(feed) // 2 :])
-        projections = (PARTICIPANTS, CALL_STATE, ORDER_CHECK)
+        projections = (PARTICIPANTS, CALL_STATE, ORDER_CHECK, PAYLOADS)
         assert gc.isenabled()
         rebuilt = await replay_many(redis, [*rooms, "no such room"], projections, rooms_per_trip=per_trip,
                                     count=count)
@@ -178,6 +203,7 @@ async def test_replay_many_equals_replay_room_by_room(redis_url, per_trip, count
             for p, state in zip(projections, rebuilt[room]):
                 assert state == await replay(redis, room, p), (room, p.name)
             assert rebuilt[room][2].seqs == tuple(range(1, len(records) + 1))
+            assert rebuilt[room][3].data == tuple(r.data for r in records if isinstance(r, DataReceived))
         assert rebuilt["no such room"] == [p.initial("no such room") for p in projections]
     finally:
         await redis.aclose()
