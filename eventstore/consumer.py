@@ -308,6 +308,7 @@ async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: 
         async with _RawXrange(redis, keys, count) as ahead:
             await ahead.send(batches[0])
             for n, batch in enumerate(batches):
+                _honour_cancellation()
                 pages = await ahead.receive(len(batch))
                 if n + 1 < len(batches):
                     await ahead.send(batches[n + 1])  # Redis prepares it while this batch is folded
