@@ -209,6 +209,35 @@ async def test_replay_many_equals_replay_room_by_room(redis_url, per_trip, count
         await redis.aclose()
 
 
+async def test_replay_many_leaves_the_connection_pool_clean_after_an_error_or_a_cancel(redis_url):
+    """Replies left unread on a connection (an error in the middle of a batch, a cancellation) must not reach
+    the next command that uses that connection."""
+    from redis.exceptions import ResponseError
+
+    redis = client(redis_url)
+    try:
+        rooms = random_rooms(12, rooms=40, per_room=30)
+        await write(redis, interleave(rooms, 12))
+        names = sorted(rooms)
+        await redis.set(KEYS.events("not a stream"), "x")
+        with pytest.raises(ResponseError):
+            await replay_many(redis, names[:5] + ["not a stream"] + names[5:], (PARTICIPANTS,), rooms_per_trip=4)
+        assert gc.isenabled()
+        for turns in (0, 1, 3, 10):
+            task = asyncio.create_task(replay_many(redis, names, (PARTICIPANTS,), rooms_per_trip=4))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await cancel(task)
+            assert gc.isenabled()
+            # every connection of the pool answers its own commands
+            assert await asyncio.gather(*(redis.get(KEYS.events("not a stream")) for _ in range(8))) == [b"x"] * 8
+        rebuilt = await replay_many(redis, names, (PARTICIPANTS,))
+        for room in names:
+            assert rebuilt[room][0] == await replay(redis, room, PARTICIPANTS)
+    finally:
+        await redis.aclose()
+
+
 # --- two instances ------------------------------------------------------------------------------------------
 
 
