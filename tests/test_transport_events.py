@@ -68,6 +68,7 @@ async def test_event_call_state_updated(bot):
 
 async def test_event_first_participant_joined(bot, participant_factory):
     await participant_factory("alice")
+    await bot.wait_for("participant_connected", participant_id="alice")  # the bot learns of joins in its own time
     await participant_factory("bob")
     [rec] = await bot.wait_for("first_participant_joined")
     assert rec.participant_id == "alice" and rec.participant_sid.startswith("PA_")
