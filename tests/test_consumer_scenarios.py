@@ -25,8 +25,8 @@ from eventstore.records import (
     FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected, ParticipantLeft, Reconnected,
     Reconnecting, Record, SessionEnded, SessionStarted, VideoTrackSubscribed, VideoTrackUnsubscribed,
 )
-from examples.third_projection import PROJECTION as TOPICS
-from examples.third_projection import SERVER, TopicsState
+from eventstore.examples.third_projection import PROJECTION as TOPICS
+from eventstore.examples.third_projection import SERVER, TopicsState
 from strategies import BASE_TS, Script
 from supervisor.cli import main
 
@@ -89,7 +89,7 @@ def run_story(url: str, capsys: pytest.CaptureFixture[str], records: list[Record
     assert code == 0
     assert out.splitlines() == [f"participants: same at seq {n}", f"call-state: same at seq {n}"]
 
-    custom = "examples.third_projection:PROJECTION"
+    custom = "eventstore.examples.third_projection:PROJECTION"
     code, out = cli(capsys, url, "state", ROOM, "--projection", custom, "--check")
     assert (code, out.strip()) == (0, f"{custom}: same at seq {n}")
     return part, call, topics

@@ -77,5 +77,5 @@ def test_every_block_of_the_guide_runs(redis_url, monkeypatch, capsys):
     # ... and its shell commands
     events, *_ = shell_out
     assert [row.split()[0] for row in events.splitlines()] == ["7", "8"]
-    assert any(row.startswith("examples.third_projection:PROJECTION: same at seq 8") for row in shell_out)
-    assert any('"chat":{"messages":1,"bytes":5' in row for row in shell_out)  # python3 examples/third_projection.py
+    assert any(row.startswith("eventstore.examples.third_projection:PROJECTION: same at seq 8") for row in shell_out)
+    assert any('"chat":{"messages":1,"bytes":5' in row for row in shell_out)  # python3 -m eventstore.examples.third_projection

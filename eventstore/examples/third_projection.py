@@ -5,10 +5,10 @@ It implements the :class:`eventstore.projections.base.Projection` protocol (``na
 
 - as a consumer that keeps every room's state in Redis::
 
-      PYTHONPATH=. room-supervisor consume examples.third_projection:PROJECTION
-      PYTHONPATH=. room-supervisor state ROOM --projection examples.third_projection:PROJECTION --check
+      room-supervisor consume eventstore.examples.third_projection:PROJECTION
+      room-supervisor state ROOM --projection eventstore.examples.third_projection:PROJECTION --check
 
-- from Python, with :class:`eventstore.consumer.ProjectionRunner` (``python examples/third_projection.py``
+- from Python, with :class:`eventstore.consumer.ProjectionRunner` (``python -m eventstore.examples.third_projection``
   catches up once and prints each room's topics), or in memory with :func:`eventstore.projections.base.fold`.
 
 Rules for ``apply``: it is pure (no I/O, no clock, no randomness), never mutates the state it is given and never
