@@ -224,7 +224,7 @@ class EventWriter:
                 idle.cancel()
                 await asyncio.gather(idle, return_exceptions=True)
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+                await asyncio.wait({self._task}, timeout=1.0)
             if self._pending:
                 if self._spool is None:
                     raise RecordsNotWritten(f"{self._pending} records not written and no spool configured")
@@ -327,6 +327,8 @@ class EventWriter:
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
             self._idle.set()
+            if self._closing:
+                return  # closed and idle (a cancellation lost inside redis-py must not keep us running)
 
     async def _sleep(self, seconds: float) -> None:
         """The retry backoff while Redis is down: appends keep queueing (and wake the flusher's event), but
