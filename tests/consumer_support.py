@@ -22,6 +22,7 @@ from eventstore.keys import Keys
 from eventstore.projections.base import Projection, fold
 from eventstore.records import Record
 from eventstore.writer import EventWriter
+from supervisor.localstack.util import async_wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # examples/ lives at the repository root, next to the packages
@@ -72,16 +73,7 @@ SLOW_ORDER_CHECK = SlowOrderCheck()
 async def poll(predicate: Callable[[], Awaitable[T] | T], what: str, timeout: float = DEADLINE,
                interval: float = 0.01) -> T:
     """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
+    return await async_wait_until(predicate, timeout, what, interval)
 
 
 async def write(redis: aioredis.Redis, records: Iterable[Record], *, keys: Keys | None = None) -> None:

@@ -105,7 +105,7 @@ def test_garbage_in_a_room_stream_goes_to_dead_letters_and_does_not_stop_the_con
             await redis.aclose()
 
     asyncio.run(setup())
-    for name in ("participants", "call-state", "examples.third_projection:PROJECTION"):
+    for name in ("participants", "call-state", "eventstore.examples.third_projection:PROJECTION"):
         code, err = consume(capsys, redis_url, name)
         assert code == 0, err
 
@@ -146,7 +146,7 @@ def test_your_own_projection_by_module_path(redis_url, capsys, monkeypatch):
             await redis.aclose()
 
     asyncio.run(setup())
-    custom = "examples.third_projection:PROJECTION"
+    custom = "eventstore.examples.third_projection:PROJECTION"
     code, err = consume(capsys, redis_url, custom)
     assert code == 0 and f"data-topics: applied {sum(len(r) for r in rooms.values())} records" in err
     for room in rooms:
