@@ -176,7 +176,8 @@ class _Sim:
         if not h.suspect or cls in KEEPS_SUSPECTS:
             return
         if cls is Reconnecting:  # the suspects become the window's provisional departures
-            self.no_return |= h.suspect
+            self.no_return |= h.suspect  # (a real leave here is told apart only by the closing snapshot)
+            h.pending |= h.suspect
         elif h.state in ("joined", "leaving"):  # committed: the phase catches up
             h.phase = "active" if h.world else "waiting"
         h.suspect.clear()
