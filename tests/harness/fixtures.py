@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,28 +13,29 @@ from .livekit_server import LiveKitServer, livekit_binary
 from .participant import Participant
 from .redis_server import RedisServer
 from .tasks import _rs_no_leaked_tasks, _rs_task_guard  # noqa: F401 - fixtures
-from .util import is_root
+from supervisor.localstack.stack import sealed_mode
 
 # Servers alive in the current test, whose log tails go into a failing test's report.
 ACTIVE_LIVEKIT: list[LiveKitServer] = []
 ACTIVE_REDIS: list[RedisServer] = []
 
 
-def sealed_mode() -> bool:
-    """Root (and not RS_NETNS=0): LiveKit runs in a namespace of its own. Otherwise: loopback only."""
-    return is_root() and os.environ.get("RS_NETNS", "1") != "0" and shutil.which("ip") is not None
+@contextlib.contextmanager
+def running(server, active: list):
+    """Start ``server``, list it for failure reports, and always stop it."""
+    active.append(server)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        active.remove(server)
 
 
 # ----- redis -----
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    ACTIVE_REDIS.append(server)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        ACTIVE_REDIS.remove(server)
+    with running(RedisServer(tmp_path_factory.mktemp("redis")), ACTIVE_REDIS) as server:
+        yield server
 
 
 @pytest.fixture
@@ -49,13 +49,8 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def fresh_redis(tmp_path) -> Iterator[RedisServer]:
     """A private redis-server (appendonly, fsync always) this test may kill and restart."""
-    server = RedisServer(tmp_path / "fresh-redis", appendonly=True)
-    ACTIVE_REDIS.append(server)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        ACTIVE_REDIS.remove(server)
+    with running(RedisServer(tmp_path / "fresh-redis", appendonly=True), ACTIVE_REDIS) as server:
+        yield server
 
 
 # ----- livekit -----
@@ -76,25 +71,15 @@ def sealed_netns() -> Iterator[netns_mod.NetNamespace | None]:
 @pytest.fixture(scope="session")
 def livekit_server(tmp_path_factory, sealed_netns) -> Iterator[LiveKitServer]:
     livekit_binary()  # fail early and clearly when the binary is missing
-    server = LiveKitServer(tmp_path_factory.mktemp("livekit"), sealed_netns)
-    ACTIVE_LIVEKIT.append(server)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        ACTIVE_LIVEKIT.remove(server)
+    with running(LiveKitServer(tmp_path_factory.mktemp("livekit"), sealed_netns), ACTIVE_LIVEKIT) as server:
+        yield server
 
 
 @pytest.fixture
 def fresh_livekit(tmp_path, sealed_netns) -> Iterator[LiveKitServer]:
     """A private livekit-server (own ports, same namespace) this test may stop, kill and restart."""
-    server = LiveKitServer(tmp_path / "fresh-livekit", sealed_netns)
-    ACTIVE_LIVEKIT.append(server)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        ACTIVE_LIVEKIT.remove(server)
+    with running(LiveKitServer(tmp_path / "fresh-livekit", sealed_netns), ACTIVE_LIVEKIT) as server:
+        yield server
 
 
 @pytest.fixture
