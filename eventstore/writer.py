@@ -1,15 +1,20 @@
 """EventWriter: queue records per room and append them to Redis in pipelined batches, in order, exactly once.
 
-``append(record)`` encodes the record and returns at once (it waits only for back-pressure, never longer than
-``max_block`` seconds). A flusher task sends, per round trip, one batch per room with pending records: each
+``append(record)`` encodes the record and returns at once: it waits for room in memory at most ``max_block``
+seconds, and while records go to the spool it waits for the spool's write (done in the spool's thread, one write
+for every append waiting at that moment). A flusher task sends, per round trip, one batch per room with pending records: each
 batch is one call of the append script (``append.lua``), which assigns the room's next sequence numbers and
 adds the entries atomically, plus a notification on the room's feed partition. Batches carry a token: a batch
 re-sent after an unclear failure is recognized and not written twice.
 
 When Redis is unreachable, records wait in memory up to ``max_pending``; past that (or on close) they go to
 the spool file, which is replayed in order when Redis answers again. Invariant: everything in memory is older
-than everything in the spool, so the flusher drains memory first and new records go to the spool while it
-holds anything.
+than everything in the spool, so the flusher drains memory first. It holds because one task, the spool pump,
+makes every decision that involves the spool, in the order the records came: a record goes to memory only
+while the spool is empty and the pump idle; a spill moves *all* of memory to the spool in one all-or-nothing
+write (a failed spill leaves memory and spool as they were, so a room is never split between them); and while
+the spool holds anything, new records follow it there. The spool is replayed a window at a time (see
+``eventstore.spool``): one batch per room per round trip, each batch many spooled records.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class WriterStats:
     fenced: int = 0
     spooled: int = 0
     batches: int = 0
+    round_trips: int = 0  # pipelines sent to Redis
     errors: int = 0
 
 
@@ -86,6 +92,16 @@ class _Batch:
 class _RoomQueue:
     items: deque[tuple[AppendArgs, int, float]] = field(default_factory=deque)
     inflight: _Batch | None = None
+
+
+@dataclass
+class _ToSpool:
+    """A request to the spool pump: one record (room, epoch, args, when appended), or none (spill memory if it
+    is full); ``force``: spill whatever memory holds (at close)."""
+
+    item: tuple[str, int, AppendArgs, float] | None
+    force: bool = False
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 # Called after a batch is in Redis: (room, count, first_seq, last_seq, seconds since the oldest was appended).
@@ -128,6 +144,8 @@ class EventWriter:
         self._space = asyncio.Event()
         self._space.set()
         self._task: asyncio.Task[None] | None = None
+        self._inbox: list[_ToSpool] = []
+        self._pump: asyncio.Task[None] | None = None
         self._closing = False
         self._closed_event = asyncio.Event()  # cuts a retry backoff short; new appends do not
         self._close_future: asyncio.Future[None] | None = None
@@ -147,44 +165,46 @@ class EventWriter:
                 self._kick()
 
     async def append(self, record: Record) -> None:
-        """Queue one record. Returns at once unless the queue is full, then waits at most ``max_block``."""
+        """Queue one record. Returns at once unless the queue is full, then waits at most ``max_block``; while
+        records go to the spool it waits for the spool's write. Raises :class:`RecordsNotWritten` (queue full,
+        no spool) or :class:`SpoolError` (queue full and the spool cannot take it)."""
         if self._closing:
             raise WriterClosed("EventWriter is closed")
         args = encode_for_append(record)
         self.stats.appended += 1
-        if self._spool_holds_data():
-            self._to_spool(SpoolUnit(record.room, self._next_token(), record.epoch, [args]))
-            self._kick()
+        if not self._spool_mode() and self._pending >= self.max_pending:
+            await self._wait_for_space()
+        if self._spool_mode() or self._pending >= self.max_pending:
+            if self._spool is None:
+                # No spool: the caller's bound is honoured by raising instead of silently dropping.
+                raise RecordsNotWritten(f"writer queue full ({self._pending}) and no spool configured")
+            await self._to_spool(_ToSpool((record.room, record.epoch, args, time.monotonic())))
             return
-        if self._pending >= self.max_pending:
-            # Several producers may wait here: one woken by free space can find it taken again by another,
-            # so wait again until space stays free or ``max_block`` is used up.
-            deadline = time.monotonic() + self.max_block
-            while self._pending >= self.max_pending and not self._spool_holds_data():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._space.clear()
-                try:
-                    await asyncio.wait_for(self._space.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            if self._pending >= self.max_pending or self._spool_holds_data():
-                if self._spool is None:
-                    # No spool: the caller's bound is honoured by raising instead of silently dropping.
-                    raise RecordsNotWritten(f"writer queue full ({self._pending}) and no spool configured")
-                self._spill_memory()
-                self._to_spool(SpoolUnit(record.room, self._next_token(), record.epoch, [args]))
-                self._kick()
-                return
-        queue = self._rooms.get(record.room)
-        if queue is None:
-            queue = self._rooms[record.room] = _RoomQueue()
-        queue.items.append((args, record.epoch, time.monotonic()))
-        self._pending += 1
+        self._queue(record.room, args, record.epoch, time.monotonic())
         self._kick()
         if self._pending % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
+
+    async def _wait_for_space(self) -> None:
+        # Several producers may wait here: one woken by free space can find it taken again by another, so wait
+        # again until space stays free, the spool takes over, or ``max_block`` is used up.
+        deadline = time.monotonic() + self.max_block
+        while self._pending >= self.max_pending and not self._spool_mode():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._space.clear()
+            try:
+                await asyncio.wait_for(self._space.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _queue(self, room: str, args: AppendArgs, epoch: int, enqueued: float) -> None:
+        queue = self._rooms.get(room)
+        if queue is None:
+            queue = self._rooms[room] = _RoomQueue()
+        queue.items.append((args, epoch, enqueued))
+        self._pending += 1
 
     @property
     def pending(self) -> int:
@@ -225,19 +245,26 @@ class EventWriter:
                 await asyncio.gather(idle, return_exceptions=True)
                 self._task.cancel()
                 await asyncio.wait({self._task}, timeout=1.0)
+            await self._pump_done()  # appends already handed to the pump are decided first
             if self._pending:
-                if self._spool is None:
-                    raise RecordsNotWritten(f"{self._pending} records not written and no spool configured")
-                log.warning("writer %s closing with Redis unreachable: %d records go to spool %s",
-                            self.producer, self._pending, self._spool.path)
-                try:
-                    self._spill_memory()
-                except SpoolError as exc:
-                    raise RecordsNotWritten(f"{self._pending} records not written: {exc}") from exc
+                await self._spill_at_close()
         finally:
             self._closed = True
+            await self._pump_done()
             if self._spool is not None:
-                self._spool.close()
+                await self._spool.aclose()
+
+    async def _spill_at_close(self) -> None:
+        if self._spool is None:
+            raise RecordsNotWritten(f"{self._pending} records not written and no spool configured")
+        log.warning("writer %s closing with Redis unreachable: %d records go to spool %s",
+                    self.producer, self._pending, self._spool.path)
+        try:
+            await self._to_spool(_ToSpool(None, force=True))
+        except SpoolError as exc:
+            raise RecordsNotWritten(f"{self._pending} records not written: {exc}") from exc
+        if self._pending:  # cannot happen while the invariant holds: older records never follow newer ones
+            raise RecordsNotWritten(f"{self._pending} records not written: the spool holds newer ones")
 
     # --- internals ----------------------------------------------------------------------------------------
 
@@ -252,38 +279,113 @@ class EventWriter:
     def _spool_holds_data(self) -> bool:
         return self._spool is not None and not self._spool.empty
 
+    def _spool_mode(self) -> bool:
+        """Records must go through the spool pump: the spool holds data, or the pump is deciding or writing."""
+        return self._spool is not None and (self._pump is not None or not self._spool.empty)
+
     def _has_work(self) -> bool:
         return self._pending > 0 or self._spool_holds_data()
 
-    def _to_spool(self, unit: SpoolUnit) -> None:
-        assert self._spool is not None
-        self._spool.append(unit)
-        self.stats.spooled += len(unit.items)
+    # --- the spool pump: the one place that moves records into the spool -------------------------------------
 
-    def _spill_memory(self) -> None:
-        """Move every queued record to the spool, per room in order, in-flight batches first with their
-        tokens (a batch whose send is still under way is then skipped by the flusher when its reply comes;
-        if Redis did write it, the replay is recognized as a retry). On :class:`SpoolError` nothing taken
-        from memory is lost: the batch being spooled goes back to the front of its queue."""
-        if self._spool is None or not self._pending:
+    async def _to_spool(self, request: _ToSpool) -> None:
+        """Hand ``request`` to the pump and wait for its outcome; the pump completes it even if this caller is
+        cancelled, so memory and spool stay consistent."""
+        request.done.add_done_callback(_retrieve)
+        self._inbox.append(request)
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run_pump(), name=f"EventWriter[{self.producer}].spool")
+        await asyncio.shield(request.done)
+
+    async def _pump_done(self) -> None:
+        if self._pump is not None:
+            await asyncio.gather(asyncio.shield(self._pump), return_exceptions=True)
+
+    async def _run_pump(self) -> None:
+        requests: list[_ToSpool] = []
+        try:
+            while self._inbox:
+                requests, self._inbox = self._inbox, []
+                try:
+                    await self._commit(requests)
+                except Exception as exc:  # noqa: BLE001 - SpoolError, or a bug: every waiter hears of it
+                    _settle_all(requests, exc)
+                else:
+                    _settle_all(requests, None)
+        finally:
+            self._pump = None
+            _settle_all(requests + self._inbox, SpoolError("the writer's spool pump stopped"))
+            self._inbox = []
+
+    async def _commit(self, requests: list[_ToSpool]) -> None:
+        """Decide, in order, where ``requests``' records go: memory if the spool is empty and memory has room,
+        else the spool (after all of memory, in the same write, if the spool was empty)."""
+        assert self._spool is not None
+        items = [r.item for r in requests if r.item is not None]
+        if self._spool.empty:
+            fits = self._pending < self.max_pending and self._pending + len(items) <= self.max_pending
+            if fits and not any(r.force for r in requests):
+                for room, epoch, args, enqueued in items:
+                    self._queue(room, args, epoch, enqueued)
+                if items:
+                    self._kick()
+                return
+            await self._spill(self._new_units(items))
+        elif items:
+            # Memory (if anything) is older than what the spool holds and is flushed first; these follow.
+            await self._spool.append(*self._new_units(items))
+            self.stats.spooled += len(items)
+            self._kick()
+
+    async def _spill(self, newer: list[SpoolUnit]) -> None:
+        """Move all of memory to the spool, followed by ``newer``, in one write: all or nothing. In-flight
+        batches go first, with their tokens, marked ``sent`` (replayed alone, so a batch Redis did write is
+        recognized as a retry); the flusher skips their replies. On :class:`SpoolError` memory is as it was."""
+        assert self._spool is not None
+        taken, count = self._rooms, self._pending
+        units = self._memory_units(taken) + newer
+        if not units:
             return
-        for room in list(self._rooms):
-            queue = self._rooms[room]
+        self._rooms, self._pending = {}, 0
+        try:
+            await self._spool.append(*units)
+        except SpoolError:
+            # Nothing entered memory meanwhile (appends wait for the pump), so it goes back as it was.
+            self._rooms, self._pending = taken, count
+            raise
+        self.stats.spooled += count + sum(len(u.items) for u in newer)
+        self._space.set()
+        self._kick()
+
+    def _memory_units(self, rooms: dict[str, _RoomQueue]) -> list[SpoolUnit]:
+        units = []
+        for room, queue in rooms.items():
             if queue.inflight is not None:
                 b = queue.inflight
-                self._to_spool(SpoolUnit(room, b.token, b.epoch, b.items))
-                self._pending -= len(b.items)
-                queue.inflight = None
-            while queue.items:
-                batch = self._take_batch(room, queue)
-                try:
-                    self._to_spool(SpoolUnit(room, batch.token, batch.epoch, batch.items))
-                except SpoolError:
-                    queue.items.extendleft((args, batch.epoch, batch.enqueued) for args in reversed(batch.items))
-                    raise
-                self._pending -= len(batch.items)
-            del self._rooms[room]
-        self._space.set()
+                units.append(SpoolUnit(room, b.token, b.epoch, b.items, sent=True))
+            units += self._units(room, [(epoch, args) for args, epoch, _ in queue.items])
+        return units
+
+    def _new_units(self, items: list[tuple[str, int, AppendArgs, float]]) -> list[SpoolUnit]:
+        per_room: dict[str, list[tuple[int, AppendArgs]]] = {}
+        for room, epoch, args, _ in items:
+            per_room.setdefault(room, []).append((epoch, args))
+        return [u for room, records in per_room.items() for u in self._units(room, records)]
+
+    def _units(self, room: str, records: list[tuple[int, AppendArgs]]) -> list[SpoolUnit]:
+        """A room's records as spool units: consecutive records with the same epoch, up to ``max_batch`` each."""
+        units: list[SpoolUnit] = []
+        items: list[AppendArgs] = []
+        epoch = 0
+        for e, args in records:
+            if items and (e != epoch or len(items) >= self.max_batch):
+                units.append(SpoolUnit(room, self._next_token(), epoch, items))
+                items = []
+            epoch = e
+            items.append(args)
+        if items:
+            units.append(SpoolUnit(room, self._next_token(), epoch, items))
+        return units
 
     def _take_batch(self, room: str, queue: _RoomQueue) -> _Batch:
         first_args, epoch, enqueued = queue.items.popleft()
@@ -291,6 +393,8 @@ class EventWriter:
         while queue.items and len(items) < self.max_batch and queue.items[0][1] == epoch:
             items.append(queue.items.popleft()[0])
         return _Batch(room, self._next_token(), epoch, items, enqueued)
+
+    # --- the flusher --------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -308,27 +412,30 @@ class EventWriter:
                     self.redis_ok = True
                     backoff = 0.05
                 except Exception as exc:  # noqa: BLE001 - the flusher must outlive any failure, or records stall
-                    if isinstance(exc, _UNREACHABLE) or _refused(exc):
-                        if self.redis_ok:
-                            log.warning("Redis unreachable or refusing writes (%s); %d records wait", exc,
-                                        self._pending)
-                    else:
-                        log.exception("writer: flush failed; %d records wait", self._pending)
-                    self.redis_ok = False
-                    self.stats.errors += 1
+                    await self._failed(exc)
                     if self._closing:
                         return
-                    if self._pending >= self.max_pending:
-                        try:
-                            self._spill_memory()
-                        except SpoolError as spool_exc:
-                            log.error("writer %s: cannot spool (%s); %d records stay in memory", self.producer,
-                                      spool_exc, self._pending)
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
             self._idle.set()
             if self._closing:
                 return  # closed and idle (a cancellation lost inside redis-py must not keep us running)
+
+    async def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, _UNREACHABLE) or _refused(exc):
+            if self.redis_ok:
+                log.warning("Redis unreachable or refusing writes (%s); %d records wait", exc, self._pending)
+        else:
+            log.exception("writer: flush failed; %d records wait", self._pending)
+        self.redis_ok = False
+        self.stats.errors += 1
+        if self._closing or self._spool is None or self._pending < self.max_pending:
+            return
+        try:
+            await self._to_spool(_ToSpool(None))  # the pump spills memory if it is still full
+        except SpoolError as spool_exc:
+            log.error("writer %s: cannot spool (%s); %d records stay in memory", self.producer, spool_exc,
+                      self._pending)
 
     async def _sleep(self, seconds: float) -> None:
         """The retry backoff while Redis is down: appends keep queueing (and wake the flusher's event), but
@@ -362,16 +469,18 @@ class EventWriter:
             self._space.set()
 
     async def _replay_spool(self) -> None:
+        """Send the spool's next window (one round trip; the same window again after a failure)."""
         assert self._spool is not None
-        read = self._spool.read(max_units=256)
-        if not read:
-            return
-        batches = [_Batch(u.room, u.token, u.epoch, list(u.items)) for u, _ in read]
-        replies = await self._send(batches)
-        for batch, reply in zip(batches, replies):
-            self._settle(batch, reply)
-        await self._dead.flush()
-        self._spool.consumed(read[-1][1])
+        window = await self._spool.next_window(self.max_batch)
+        if window is None or self._pending:
+            return  # nothing yet (a write is under way), or memory holds older records: they go first
+        if window.batches:
+            batches = [_Batch(u.room, u.token, u.epoch, list(u.items)) for u in window.batches]
+            replies = await self._send(batches)
+            for batch, reply in zip(batches, replies):
+                self._settle(batch, reply)
+            await self._dead.flush()
+        await self._spool.consumed(window)
 
     async def _send(self, batches: list[_Batch]) -> list[object]:
         pipe = self._redis.pipeline(transaction=False)
@@ -380,6 +489,7 @@ class EventWriter:
                          self.keys.lease(b.room), b.epoch, -1, b.token, self._maxlen, frame_batch(b.items))
         await self._feed.notify(pipe, [b.room for b in batches])
         replies = await pipe.execute(raise_on_error=False)
+        self.stats.round_trips += 1
         self.stats.batches += len(batches)
         for r in replies:
             if isinstance(r, _UNREACHABLE) or _refused(r):
@@ -414,3 +524,19 @@ class EventWriter:
         log.error("room %r: append %s (reply %r); %d records to dead letters", batch.room, status, reply,
                   len(batch.items))
         self._dead.later(batch.room, batch.items, f"{status.lower()}: epoch {batch.epoch}, reply {reply!r}")
+
+
+def _settle_all(requests: list[_ToSpool], exc: BaseException | None) -> None:
+    for r in requests:
+        if r.done.done():
+            continue
+        if exc is None:
+            r.done.set_result(None)
+        else:
+            r.done.set_exception(exc)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """A waiter may be gone (cancelled): its request's outcome must not be reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()

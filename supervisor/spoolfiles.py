@@ -137,7 +137,7 @@ async def replay_orphans(redis: aioredis.Redis, keys: Keys, spool_dir: str, own:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     result = OrphanReplay()
-    for path in sorted(Path(spool_dir).glob("*.spool")):
+    for path in await asyncio.to_thread(lambda: sorted(Path(spool_dir).glob("*.spool"))):
         if path == own:
             continue
         lock = SpoolLock(path.parent, path.stem)
@@ -164,10 +164,10 @@ async def replay_orphans(redis: aioredis.Redis, keys: Keys, spool_dir: str, own:
 async def _replay_one(redis: aioredis.Redis, keys: Keys, path: Path, timeout: float,
                       stop: asyncio.Event | None) -> tuple[int, bool]:
     """(records now in Redis, whether the whole spool is)."""
-    spool = Spool(path)
+    spool = await Spool.open(path)  # opening reads the file: off the event loop
     if spool.empty:
-        spool.close()
-        _remove_spool(path)
+        await spool.aclose()
+        await asyncio.to_thread(_remove_spool, path)
         return 0, True
     log.info("spool %s of a daemon that is gone holds %d bytes; replaying", path, spool.pending_bytes)
     writer = EventWriter(redis, keys=keys, producer=decode_name(path.stem), spool=spool)
@@ -176,7 +176,7 @@ async def _replay_one(redis: aioredis.Redis, keys: Keys, path: Path, timeout: fl
     await writer.aclose(timeout=1.0)
     count = writer.stats.written + writer.stats.duplicates
     if done and spool.empty:
-        _remove_spool(path)
+        await asyncio.to_thread(_remove_spool, path)
         log.info("spool %s replayed (%d records) and removed", path, count)
         return count, True
     log.warning("spool %s not fully replayed (Redis unreachable or slow?); kept for the next start", path)
