@@ -1,4 +1,10 @@
-"""The ``room-supervisor`` command line. The only place that exits the process."""
+"""The ``room-supervisor`` command line. The only place that exits the process.
+
+Everything it prints on an error path (usage errors, configuration errors, command errors, unexpected
+exceptions, and every log line, the daemon's included) goes through :func:`supervisor.settings.redact`:
+URLs lose their userinfo and ``password=``-style parameters, and the configured Redis password is masked
+wherever it appears.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,41 @@ import os
 import asyncio
 import logging
 import sys
-from typing import Any, Callable, Coroutine, NoReturn, Sequence
+import traceback
+from typing import Any, Callable, Coroutine, Iterable, NoReturn, Sequence
 
 from .errors import CommandError
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings, redact, url_secrets
 
 log = logging.getLogger("supervisor")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors redacted (a URL given in the wrong place is echoed back)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact(message, _secrets())}\n")
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), _secrets())
+
+
+# Secrets to mask in everything printed: the Redis URLs this process was given, wherever they came from.
+_SECRET_SOURCES: list[str] = []
+
+
+def _secrets() -> list[str]:
+    urls = [*_SECRET_SOURCES, os.environ.get("REDIS_URL", ""), os.environ.get("RS_REDIS_URL", "")]
+    return sorted({s for url in urls if url for s in url_secrets(url)}, key=len, reverse=True)
+
+
+def _remember_secrets(urls: Iterable[str | None]) -> None:
+    _SECRET_SOURCES.extend(u for u in urls if u and "://" in u and u not in _SECRET_SOURCES)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +59,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="room-supervisor", description=__doc__)
+    parser = _Parser(prog="room-supervisor", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the daemon that supervises rooms")
@@ -36,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("join", help="ask the daemons to join ROOM (idempotent)")
     _common(p)
     p.add_argument("room")
-    p.add_argument("--pipeline", default=None, help="built-in (echo, listen) or module:function")
+    p.add_argument("--pipeline", default=None, metavar="NAME",
+                   help="a pipeline name: echo, listen, or one registered in [pipelines] of the config file or "
+                        "as an entry point in room_supervisor.pipelines (default: daemon.default_pipeline)")
 
     p = sub.add_parser("leave", help="ask the daemons to leave ROOM (idempotent)")
     _common(p)
@@ -101,30 +136,48 @@ def _handler(command: str) -> Callable[[argparse.Namespace, Settings], Coroutine
     raise CommandError(f"unknown command {command}")
 
 
+def _say(message: str) -> None:
+    print(redact(f"room-supervisor: {message}", _secrets()), file=sys.stderr)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log lines to stderr, redacted (like ``logging.basicConfig``: nothing changes if the root logger has
+    handlers already, e.g. when a program or a test calls :func:`main`)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _remember_secrets(sys.argv[1:] if argv is None else argv)  # before parsing: a usage error echoes arguments
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    _remember_secrets([getattr(args, "redis_url", None)])
+    _configure_logging(args.verbose)
     try:
         if args.command == "demo":
             from .demo import run_demo
 
             return run_demo(args)
         settings = settings_from(args)
+        _remember_secrets([settings.redis.url])
         handler = _handler(args.command)
         return run_on_uvloop(handler(args, settings))
     except SettingsError as exc:
-        print(f"room-supervisor: configuration error: {exc}", file=sys.stderr)
+        _say(f"configuration error: {exc}")
         return EXIT_USAGE
     except CommandError as exc:
-        print(f"room-supervisor: {exc}", file=sys.stderr)
+        _say(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug, or an error nobody turned into a CommandError: say it, with no password in it
+        _say(f"unexpected error (a bug; please report it):\n{traceback.format_exc()}")
+        return EXIT_FAILURE
 
 
 def run_on_uvloop(coro: Coroutine[Any, Any, int]) -> int:

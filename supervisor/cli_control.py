@@ -10,17 +10,20 @@ import time
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventstore.connection import connect
 from eventstore.consumer import materialized
 from eventstore.keys import InvalidKeyPart, Keys
+from transport.pipeline_names import PipelineNotFound, resolve_target
 
 from .control import Control, DesiredRoom, JoinResult, unusable_name
 from .errors import CommandError
 from .heartbeat import Heartbeat, read_heartbeats
 from .rooms import check_room_name
-from .settings import Settings
+from .settings import Settings, redact_url
 
 log = logging.getLogger("supervisor")
 
@@ -32,20 +35,15 @@ PROJECTIONS = {
 KNOWN_ROOMS_SHOWN = 1000
 
 
-# transport.pipelines.BUILTIN, named here so that the CLI does not import pipecat (a second of start-up and a
-# banner on stderr) only to check a name; test_cli_garbage checks that both agree.
-BUILTIN_PIPELINES = ("echo", "listen")
-
-
-def check_pipeline(name: str) -> str:
-    """Syntax check of a pipeline name (built-in, or ``module:function``) before it goes to desired state.
-    Whether the module imports is found out by the daemon (the room is then marked failed)."""
-    if name in BUILTIN_PIPELINES:
-        return name
-    module, sep, func = name.partition(":")
-    if not sep or not func.isidentifier() or not module or not all(p.isidentifier() for p in module.split(".")):
-        raise CommandError(f"unknown pipeline {name!r}: use one of {', '.join(BUILTIN_PIPELINES)} or "
-                           "module:function", 2)
+def check_pipeline(name: str, settings: Settings) -> str:
+    """``name`` if the daemons can run a pipeline of that name: built in, in ``[pipelines]`` of ``settings``, or
+    an entry point in ``room_supervisor.pipelines`` (read from package metadata: nothing is imported here, and
+    pipecat is not loaded). A ``module:function`` or an unknown name is a usage error saying how to register
+    one. The daemons resolve the name again with their own settings."""
+    try:
+        resolve_target(name, settings.pipelines)
+    except PipelineNotFound as exc:
+        raise CommandError(str(exc), 2) from None
     return name
 
 
@@ -57,20 +55,26 @@ def keys_of(settings: Settings) -> Keys:
         raise CommandError(f"configuration error: redis.prefix: {exc}", 2) from None
 
 
-def _unreachable(settings: Settings, exc: Exception) -> CommandError:
-    where = settings.redis.url.rsplit("@", 1)[-1]
-    return CommandError(f"cannot reach Redis at {where}: {exc}")
+def redis_failed(settings: Settings, exc: BaseException) -> CommandError:
+    """The CommandError for a Redis error (redis-py's or the OS's); the URL is shown redacted."""
+    where = redact_url(settings.redis.url)
+    if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
+        return CommandError(f"Redis at {where} refused access ({type(exc).__name__}: {exc}); check the password "
+                            "in redis.url / REDIS_URL")
+    if isinstance(exc, (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)):
+        return CommandError(f"cannot reach Redis at {where} ({type(exc).__name__}: {exc})")
+    return CommandError(f"Redis at {where} refused the command ({type(exc).__name__}: {exc})")
 
 
 async def cmd_join(args: argparse.Namespace, settings: Settings) -> int:
     room = check_room_name(args.room)
-    pipeline = check_pipeline(args.pipeline or settings.daemon.default_pipeline)
+    pipeline = check_pipeline(args.pipeline or settings.daemon.default_pipeline, settings)
     keys = keys_of(settings)
     redis = connect(settings.redis.url)
     try:
         result = await Control(redis, keys).join(room, pipeline)
     except (RedisError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     said = {
@@ -88,7 +92,7 @@ async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
     try:
         was = await Control(redis, keys).leave(room)
     except (RedisError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     print(f"{room}: {'will be left' if was else 'was not desired; nothing changed'}")
@@ -168,7 +172,7 @@ async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
     try:
         rooms = await gather_rooms(redis, keys)
     except (RedisError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     if args.json:
@@ -182,4 +186,4 @@ async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-__all__ = ["cmd_join", "cmd_leave", "cmd_rooms", "gather_rooms", "check_pipeline", "DesiredRoom"]
+__all__ = ["cmd_join", "cmd_leave", "cmd_rooms", "gather_rooms", "check_pipeline", "redis_failed", "DesiredRoom"]

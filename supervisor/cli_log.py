@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import msgspec
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from eventstore.connection import connect
 from eventstore.consumer import ProjectionRunner, materialized, replay
@@ -18,10 +18,11 @@ from eventstore.keys import Keys
 from eventstore.projections.base import Projection
 from eventstore.reader import CaughtUp, RoomReader
 
+from .cli_control import redis_failed
 from .errors import CommandError
 from .render import record_json, record_line, state_json
 from .rooms import check_room_name
-from .settings import Settings, redact_url
+from .settings import Settings
 
 BUILTIN_PROJECTIONS = {
     "participants": "eventstore.projections.participants:PARTICIPANTS",
@@ -59,8 +60,8 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         else:
             async for record in reader.iter_room(room, args.since):
                 print(show(record))
-    except RedisConnectionError as exc:
-        raise CommandError(f"cannot reach Redis at {redact_url(settings.redis.url)}: {exc}") from None
+    except (RedisError, OSError) as exc:
+        raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     return 0
@@ -88,8 +89,8 @@ async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             print(f"# {name} (materialized, seq {seq})")
             print(state_json(state))
-    except RedisConnectionError as exc:
-        raise CommandError(f"cannot reach Redis: {exc}") from None
+    except (RedisError, OSError) as exc:
+        raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     return 3 if different else 0
@@ -107,8 +108,8 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         loop.add_signal_handler(sig, runner.stop)
     try:
         applied = await runner.run(until_caught_up=args.until_caught_up)
-    except RedisConnectionError as exc:
-        raise CommandError(f"cannot reach Redis: {exc}") from None
+    except (RedisError, OSError) as exc:
+        raise redis_failed(settings, exc) from None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

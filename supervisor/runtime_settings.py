@@ -33,5 +33,6 @@ def reloadable(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     fixed = {name: getattr(old.daemon, name) for name in ("id", "http_host", "http_port")}
     later += [f"daemon.{name}" for name, value in fixed.items() if getattr(new.daemon, name) != value]
     daemon = msgspec.structs.replace(new.daemon, **fixed)
-    merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, consumer=new.consumer)
+    merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, consumer=new.consumer,
+                      pipelines=new.pipelines)
     return merged, later

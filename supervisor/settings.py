@@ -5,20 +5,27 @@ Precedence (later wins): built-in defaults < TOML file (``--config FILE`` or ``$
 already have (``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``, ``REDIS_URL``) plus
 ``RS_<SECTION>_<NAME>`` for every other setting (for example ``RS_DAEMON_DRAIN_TIMEOUT=20``).
 
-Secrets never appear in ``repr``/logs: :meth:`Settings.redacted` is what gets printed.
+``[pipelines]`` names the user's pipelines: ``mybot = "mypkg.bot:factory"``. ``RS_PIPELINES_<NAME>`` adds or
+replaces one (the name is the rest of the variable in lower case: ``RS_PIPELINES_MY_BOT`` is ``my_bot``; names
+with capitals, ``.`` or ``-`` go in the file). ``echo`` and ``listen`` are built in and cannot be redefined.
+
+Secrets never appear in ``repr``/logs: :meth:`Settings.redacted` is what gets printed, and :func:`redact` is
+what every error message goes through.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
-from typing import Any, Mapping
+from urllib.parse import unquote
+from typing import Any, Iterable, Mapping
 
 import msgspec
 
 from eventstore.keys import InvalidKeyPart, Keys
+from transport.pipeline_names import BUILTIN_NAMES, check_target, is_name
 
 
 class SettingsError(ValueError):
@@ -49,11 +56,12 @@ class WriterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str = ""  # empty: hostname-pid
+    id: str = ""  # empty: the host name (stable across restarts: a restarted daemon takes its rooms back at once)
     max_rooms: int = 200
     default_pipeline: str = "listen"
     drain_timeout: float = 25.0  # keep below systemd's TimeoutStopSec
     lease_ttl: float = 10.0
+    outage_grace: float = 120.0  # s without Redis after which a room with another bot of ours is given up
     reconcile_interval: float = 1.0
     rejoin_base: float = 0.5
     rejoin_max: float = 30.0
@@ -77,11 +85,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
+    # name -> "module:function": the pipelines `join --pipeline NAME` may name, besides the built-ins and the
+    # entry points in the group room_supervisor.pipelines (these names win over entry points)
+    pipelines: dict[str, str] = msgspec.field(default_factory=dict)
 
     def redacted(self) -> dict[str, Any]:
         data = msgspec.to_builtins(self)
         data["livekit"]["api_secret"] = "***" if self.livekit.api_secret else ""
-        data["redis"]["url"] = _redact_url(self.redis.url)
+        data["redis"]["url"] = redact_url(self.redis.url)
         return data
 
     def __repr__(self) -> str:
@@ -95,6 +106,8 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "daemon": DaemonSettings,
     "consumer": ConsumerSettings,
 }
+# Sections that are a free table of name -> value rather than fixed fields.
+TABLES = ("pipelines",)
 
 # Well-known variables, mapped to (section, field).
 ENV_ALIASES: dict[str, tuple[str, str]] = {
@@ -105,27 +118,64 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-_SECRET_QUERY_KEYS = {"password", "pass", "passwd", "secret", "token", "auth"}
+# key=value pairs whose key ends like these hold a secret (password=, ?pass=, api_secret=, auth_token=, ...)
+_SECRET_QUERY_KEYS = ("password", "passwd", "pass", "pwd", "secret", "token", "auth")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_SECRET_PARAM = re.compile(r"(?i)\b([\w-]*(?:" + "|".join(_SECRET_QUERY_KEYS) + r"))=[^&\s'\"<>]*")
+_MIN_SECRET_LEN = 3
 
 
-def _redact_url(url: str) -> str:
-    """``url`` with its password (userinfo or query parameter) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = "&".join(
-        f"{k}=***" if k.lower() in _SECRET_QUERY_KEYS else f"{k}={v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else netloc + parts.path
-    return out + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+def _split_url(url: str) -> tuple[str, str | None, str]:
+    """``(scheme://, userinfo or None, the rest)``. The userinfo is everything before the last ``@`` of the
+    authority, or of the whole text when an ``@`` follows a ``/``, ``?`` or ``#`` (a password with those in
+    it); text without a scheme is treated the same."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return scheme + sep, None, rest
+    end = len(rest)
+    for stop in "/?#":
+        at = rest.find(stop)
+        if at != -1 and "@" not in rest[at:]:
+            end = min(end, at)
+    authority, tail = rest[:end], rest[end:]
+    userinfo, _, host = authority.rpartition("@")
+    return scheme + sep, userinfo, host + tail
 
 
-redact_url = _redact_url
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo (user and password) and secret query parameters (``password=`` and the like)
+    replaced by ``***``. Text without a scheme is treated as ``user:password@host...`` too."""
+    prefix, userinfo, rest = _split_url(url)
+    out = prefix + ("" if userinfo is None else "***@") + rest
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", out)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets in ``url`` as they may appear in other text: its password (or a userinfo without ``:``) and
+    secret query parameters, raw and percent-decoded, longest first; at least three characters each, so that
+    replacing them keeps messages readable."""
+    _, userinfo, rest = _split_url(url)
+    found: list[str] = []
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        found.append(password if colon else user)
+    found += [m.group(0).split("=", 1)[1] for m in _SECRET_PARAM.finditer(rest)]
+    found += [unquote(f) for f in found]
+    return sorted({f for f in found if len(f) >= _MIN_SECRET_LEN}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` (an error message, a log line) with every URL in it passed through :func:`redact_url`, every
+    ``password=...``-style pair masked, and each of ``secrets`` (see :func:`url_secrets`) replaced by ``***``.
+
+    The one redaction helper: every error the CLI prints and every log line of the daemon goes through it."""
+    for secret in secrets:
+        if len(secret) >= _MIN_SECRET_LEN:
+            text = text.replace(secret, "***")
+    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -138,9 +188,12 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         if not name.startswith("RS_"):
             continue
         parts = name[3:].lower().split("_", 1)
-        if len(parts) != 2 or parts[0] not in SECTIONS:
+        if len(parts) != 2 or parts[0] not in (*SECTIONS, *TABLES):
             continue
         section, field = parts
+        if section in TABLES:
+            out.setdefault(section, {})[field] = value
+            continue
         if field not in SECTIONS[section].__struct_fields__:
             raise SettingsError(f"environment variable {name}: no setting {section}.{field}")
         out.setdefault(section, {})[field] = value
@@ -179,12 +232,14 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
         for section, values in data.items():
-            if section not in SECTIONS:
+            if section not in SECTIONS and section not in TABLES:
                 raise SettingsError(f"config file {path}: unknown section [{section}]")
             if not isinstance(values, dict):
                 raise SettingsError(f"config file {path}: [{section}] must be a table")
+        check_pipelines(data.get("pipelines", {}), f"config file {path}: ")
     data = _merge(data, env_overrides(environ))
     data = _merge(data, overrides or {})
+    check_pipelines(data.get("pipelines", {}))
     try:
         settings = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
@@ -193,18 +248,36 @@ def load_settings(
     return settings
 
 
+def check_pipelines(table: Mapping[str, Any], where: str = "") -> None:
+    """``[pipelines]``: names of ``[A-Za-z0-9_.-]``, not a built-in, each a ``module:function`` string."""
+    for name, target in table.items():
+        if not is_name(name):
+            raise SettingsError(f"{where}pipelines: {name!r} is not a pipeline name (letters, digits, '_', '.', "
+                                "'-'; at most 100)")
+        if name in BUILTIN_NAMES:
+            raise SettingsError(f"{where}pipelines.{name}: {name} is built in and cannot be redefined")
+        if not isinstance(target, str):
+            raise SettingsError(f"{where}pipelines.{name} must be a \"module:function\" string, got {target!r}")
+        try:
+            check_target(target)
+        except ValueError as exc:
+            raise SettingsError(f"{where}pipelines.{name}: {exc}") from None
+
+
 def validate(s: Settings) -> None:
     """Checks that types alone cannot express."""
+    check_pipelines(s.pipelines)
     if not s.livekit.url.startswith(("ws://", "wss://", "http://", "https://")):
         raise SettingsError(f"livekit.url must start with ws://, wss://, http:// or https://, got {s.livekit.url!r}")
     if not s.livekit.api_key or not s.livekit.api_secret:
         raise SettingsError("livekit.api_key and livekit.api_secret must be set")
     if not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"redis.url must start with redis://, rediss:// or unix://, got {_redact_url(s.redis.url)!r}")
+        raise SettingsError(f"redis.url must start with redis://, rediss:// or unix://, got {redact_url(s.redis.url)!r}")
     positive = {
         "redis.partitions": s.redis.partitions, "writer.max_batch": s.writer.max_batch,
         "writer.max_pending": s.writer.max_pending, "daemon.max_rooms": s.daemon.max_rooms,
         "daemon.drain_timeout": s.daemon.drain_timeout, "daemon.lease_ttl": s.daemon.lease_ttl,
+        "daemon.outage_grace": s.daemon.outage_grace,
         "daemon.reconcile_interval": s.daemon.reconcile_interval, "livekit.token_ttl": s.livekit.token_ttl,
         "consumer.lease_ms": s.consumer.lease_ms, "consumer.chunk": s.consumer.chunk,
     }

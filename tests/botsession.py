@@ -16,11 +16,14 @@ from transport.session import SessionOutcome, SessionSpec, run_session
 from transport.tokens import bot_identity
 
 import tests.pipelines as test_pipelines
+from daemonproc import TEST_PIPELINES
 
 
 class BotSession:
-    def __init__(self, redis_url: str, livekit_url: str, room: str, pipeline: str = "tests.pipelines:handlers",
+    def __init__(self, redis_url: str, livekit_url: str, room: str, pipeline: str = "handlers",
                  **spec: Any) -> None:
+        """``pipeline`` is a name: built in, or one of ``TEST_PIPELINES`` (unless ``pipelines=`` says else)."""
+        spec.setdefault("pipelines", TEST_PIPELINES)
         self.redis = connect(redis_url)
         self.writer = EventWriter(self.redis, producer="test")
         self.reader = RoomReader(self.redis)

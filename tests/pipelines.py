@@ -1,7 +1,13 @@
-"""Pipelines used by tests, loaded as ``tests.pipelines:NAME`` (module:function), like a user's own."""
+"""Pipelines used by tests, registered by name like a user's own (``tests/daemonproc.py`` ``TEST_PIPELINES``:
+``raising = "tests.pipelines:raising"``, ...): daemon tests in the config file's ``[pipelines]``, transport
+tests in ``SessionSpec.pipelines``.
+
+With ``$TESTS_IMPORT_LOG`` set, importing this module appends a line to that file: tests prove with it that a
+daemon never imported a ``module:function`` found in Redis."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -9,6 +15,10 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from transport.pipelines import DiscardAudio, EchoAudio
+
+if os.environ.get("TESTS_IMPORT_LOG"):
+    with open(os.environ["TESTS_IMPORT_LOG"], "a", encoding="utf-8") as _log:
+        _log.write(f"{__name__} {os.getpid()}\n")
 
 DOCUMENTED = (
     "on_connected", "on_disconnected", "on_before_disconnect", "on_call_state_updated",

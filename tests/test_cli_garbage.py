@@ -15,7 +15,7 @@ import redis as syncredis
 from daemonproc import REPO, DaemonProcess, cli_env, run_cli
 from harness.util import free_port, wait_until
 from supervisor.cli import main
-from supervisor.cli_control import BUILTIN_PIPELINES
+from transport.pipeline_names import BUILTIN_NAMES
 
 GOOD_ROOM = "keep me {1}"
 
@@ -56,18 +56,30 @@ def test_garbage_room_names(desired, capsys, command, room):
     assert desired()
 
 
-@pytest.mark.parametrize("pipeline", ["x y", ":", "mod:", ":func", "1abc:def", "mod:func:more", "nope", "a..b:c"])
+@pytest.mark.parametrize("pipeline", ["x y", "nope", "a/b", "ünï", "x" * 101])
 def test_garbage_pipeline_names(desired, capsys, pipeline):
     code, err = run(["join", "another room", "--pipeline", pipeline], capsys)
     assert code == 2
-    assert "unknown pipeline" in err
+    assert "unknown pipeline" in err and "[pipelines]" in err and "room_supervisor.pipelines" in err
+    assert "Traceback" not in err
+    assert desired()
+
+
+@pytest.mark.parametrize("pipeline", [":", "mod:", ":func", "1abc:def", "mod:func:more", "a..b:c",
+                                      "tests.pipelines:handlers", "transport.pipelines:echo"])
+def test_module_function_is_refused_with_how_to_register(desired, capsys, pipeline):
+    code, err = run(["join", "another room", "--pipeline", pipeline], capsys)
+    assert code == 2
+    assert "is not a registered name" in err and "Traceback" not in err
+    assert '[pipelines] table of the config file' in err and 'mybot = "mypkg.bot:factory"' in err
+    assert "room_supervisor.pipelines" in err
     assert desired()
 
 
 def test_cli_knows_the_transports_builtin_pipelines():
     from transport.pipelines import BUILTIN
 
-    assert sorted(BUILTIN_PIPELINES) == sorted(BUILTIN)
+    assert sorted(BUILTIN_NAMES) == sorted(BUILTIN)
 
 
 @pytest.mark.parametrize(
@@ -91,6 +103,12 @@ def test_garbage_arguments(desired, capsys, argv):
         ("\x00\x01\x02", "TOML"),
         ("[redis]\nprefix = 'has space'\n", "redis.prefix"),
         ("[daemon]\ndefault_pipeline = 'not a pipeline'\n", "unknown pipeline"),
+        ("[daemon]\ndefault_pipeline = 'mypkg.bot:factory'\n", "not a registered name"),
+        ("[pipelines]\necho = 'mypkg.bot:factory'\n", "pipelines.echo: echo is built in"),
+        ("[pipelines]\nmybot = 'not a target'\n", "pipelines.mybot"),
+        ("[pipelines]\nmybot = 3\n", "pipelines.mybot"),
+        ("[pipelines]\n'my bot' = 'a.b:c'\n", "'my bot' is not a pipeline name"),
+        ("pipelines = 'a.b:c'\n", "[pipelines] must be a table"),
     ],
 )
 def test_garbage_config_files(desired, capsys, tmp_path, text, says):
@@ -98,7 +116,7 @@ def test_garbage_config_files(desired, capsys, tmp_path, text, says):
     path.write_text(text)
     for argv in (["join", "another room"], ["leave", "another room"], ["rooms"]):
         code, err = run([*argv, "--config", str(path)], capsys)
-        if says == "unknown pipeline" and argv[0] != "join":
+        if "default_pipeline" in text and argv[0] != "join":
             assert code == 0  # only join uses the default pipeline
             continue
         assert code == 2, (argv, err)

@@ -26,7 +26,7 @@ async def test_raising_pipeline_ends_only_its_room(tmp_path, redis_url, livekit_
     async with observing(daemon, log_lines=150) as observer:
         caller = await participant_factory("caller", room=bad)
         await caller.publish_tone(440.0)  # the raising pipeline fails on the first audio frame it hears
-        await start_in_rooms(daemon, observer, rooms, joins=[["join", bad, "--pipeline", "tests.pipelines:raising"]])
+        await start_in_rooms(daemon, observer, rooms, joins=[["join", bad, "--pipeline", "raising"]])
 
         async def bad_room_failed() -> bool:
             out = run_cli("rooms", "--json", config=daemon.config)

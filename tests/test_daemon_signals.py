@@ -66,7 +66,7 @@ async def test_second_sigterm_cuts_a_stuck_drain_short(tmp_path, redis_url, live
     daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url, drain_timeout=120.0,
                            env={"NOTIFY_SOCKET": notify.name})
     async with observing(daemon, notify=notify) as observer:
-        await start_in_rooms(daemon, observer, [room], pipeline="tests.daemon_pipelines:slow_leave", timeout=120)
+        await start_in_rooms(daemon, observer, [room], pipeline="slow_leave", timeout=120)
         daemon.signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1", timeout=30)
         await async_wait_until(lambda: _types_include(observer, room, "before_disconnect"), 30,

@@ -30,8 +30,7 @@ from test_daemon_lifecycle import http_get
 
 pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(300)]
 
-# Each record spooled while the spool already holds data is a unit of its own, and a replay sends one unit per
-# room per round trip: a few hundred round trips, far longer than the daemon takes from READY to its claims.
+# Spooled records per room (each spooled while the spool already holds data, so each is a unit of its own).
 PER_ROOM = 150
 
 
@@ -97,7 +96,7 @@ async def test_spools_are_replayed_before_the_first_claim(tmp_path, fresh_redis,
     assert not (daemon.spool_dir / "gone-daemon.spool").exists()
 
 
-def spooled_data(path: Path, workdir: Path) -> list[bytes]:
+async def spooled_data(path: Path, workdir: Path) -> list[bytes]:
     """The payloads of the ``data_received`` records in a spool, read from a copy (reading consumes)."""
     copy = workdir / "inspect.spool"
     shutil.copy(path, copy)
@@ -106,12 +105,12 @@ def spooled_data(path: Path, workdir: Path) -> list[bytes]:
         shutil.copy(offset, copy.with_name(copy.name + ".offset"))
     spool, payloads = Spool(copy), []
     try:
-        while read := spool.read(max_units=1000):
-            for unit, _ in read:
+        while window := await spool.next_window(max_batch=1000):
+            for unit in window.batches:
                 payloads += [data[1:] for kind, _, data in unit.items if kind == "data_received"]
-            spool.consumed(read[-1][1])
+            await spool.consumed(window)
     finally:
-        spool.close()
+        await spool.aclose()
     return payloads
 
 
@@ -127,7 +126,7 @@ async def test_second_sigterm_exits_at_once_and_keeps_unwritten_records_in_the_s
     daemon = DaemonProcess(tmp_path, fresh_redis.url, livekit_server.url, drain_timeout=120.0,
                            env={"NOTIFY_SOCKET": notify.name})
     async with observing(daemon, notify=notify, log_lines=150) as observer:
-        await start_in_rooms(daemon, observer, [room], pipeline="tests.daemon_pipelines:slow_leave", timeout=120)
+        await start_in_rooms(daemon, observer, [room], pipeline="slow_leave", timeout=120)
         caller = await participant_factory("caller", room=room)
         await async_wait_until(lambda: _has(observer, room, "participant_connected"), 30, "the caller recorded")
         epoch = (await observer.records(room))[-1].epoch
@@ -144,7 +143,7 @@ async def test_second_sigterm_exits_at_once_and_keeps_unwritten_records_in_the_s
         assert await daemon.wait_exit(FORCED_EXIT_DEADLINE) == 1, daemon.log_tail()  # at once, not clean
 
         spool = daemon.spool_dir / f"{encode_name(daemon.id)}.spool"
-        assert spooled_data(spool, tmp_path) == payloads
+        assert await spooled_data(spool, tmp_path) == payloads
 
         fresh_redis.start()
         await observer.redis.connection_pool.disconnect()  # its connections died with the server

@@ -111,3 +111,32 @@ def test_redis_passwords_never_show_in_the_redacted_settings():
     text = repr(s) + str(s.redacted())
     assert "hunter2" not in text and "hunter3" not in text and "s3cr3t-value" not in text
     assert redact_url("unix:///run/redis.sock?password=x&db=2") == "unix:///run/redis.sock?password=***&db=2"
+
+
+def test_pipelines_table_and_environment(tmp_path):
+    path = write(tmp_path, '[pipelines]\nmybot = "mypkg.bot:factory"\n"Support.v2-eu" = "mypkg.support:make"\n')
+    s = load_settings(path, environ={"RS_PIPELINES_MY_BOT": "other.mod:build", "RS_PIPELINES_MYBOT": "a.b:c"})
+    assert s.pipelines == {"mybot": "a.b:c", "Support.v2-eu": "mypkg.support:make", "my_bot": "other.mod:build"}
+    assert load_settings(environ={}).pipelines == {}
+    assert "mypkg.support:make" in repr(s)  # not a secret
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "says"),
+    [
+        ('[pipelines]\necho = "mypkg.bot:factory"', {}, "pipelines.echo: echo is built in"),
+        ("", {"RS_PIPELINES_LISTEN": "mypkg.bot:factory"}, "pipelines.listen: listen is built in"),
+        ('[pipelines]\nmybot = "mypkg.bot"', {}, "pipelines.mybot: 'mypkg.bot' is not module:function"),
+        ('[pipelines]\nmybot = "mypkg.bot:fac:tory"', {}, "pipelines.mybot"),
+        ('[pipelines]\nmybot = "1pkg:factory"', {}, "pipelines.mybot"),
+        ("[pipelines]\nmybot = 3", {}, 'pipelines.mybot must be a "module:function" string'),
+        ('[pipelines]\n"my bot" = "a.b:c"', {}, "'my bot' is not a pipeline name"),
+        ('[pipelines]\n"a:b" = "a.b:c"', {}, "'a:b' is not a pipeline name"),
+        ('pipelines = "a.b:c"', {}, "[pipelines] must be a table"),
+        ("", {"RS_PIPELINES_MYBOT": "not a target"}, "pipelines.mybot"),
+    ],
+)
+def test_garbage_pipelines_are_named(tmp_path, text, env, says):
+    with pytest.raises(SettingsError) as info:
+        load_settings(write(tmp_path, text), environ=env)
+    assert says in str(info.value)

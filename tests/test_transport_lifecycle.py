@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(150)]
 async def make_bot(redis_url, livekit_server, room_name):
     made: list[BotSession] = []
 
-    async def make(pipeline: str = "tests.pipelines:handlers", *, start: bool = True, **spec):
+    async def make(pipeline: str = "handlers", *, start: bool = True, **spec):
         bot = BotSession(redis_url, livekit_server.url, room_name, pipeline, **spec)
         made.append(bot)
         return await bot.start() if start else bot
@@ -73,7 +73,7 @@ async def test_quick_leave_and_rejoin_is_recorded_in_order(make_bot, participant
 
 
 async def test_raising_and_slow_user_handlers_lose_and_delay_nothing(make_bot, participant_factory):
-    bot = await make_bot("tests.pipelines:hostile_handlers")
+    bot = await make_bot("hostile_handlers")
     alice = await participant_factory("alice")
     for i in range(5):
         await alice.send_text(f"message {i}", topic="chat")
@@ -99,7 +99,7 @@ async def test_bot_removed_by_server_ends_session_without_rejoin(make_bot, livek
 
 
 async def test_pipeline_that_raises_ends_its_session(make_bot, participant_factory):
-    bot = await make_bot("tests.pipelines:raising")
+    bot = await make_bot("raising")
     alice = await participant_factory("alice")
     await alice.publish_tone()
     outcome = await bot.wait_outcome(timeout=60)
@@ -111,7 +111,7 @@ async def test_pipeline_that_raises_ends_its_session(make_bot, participant_facto
 
 
 async def test_broken_factory_and_unknown_pipeline_are_recorded(make_bot):
-    bot = await make_bot("tests.pipelines:broken_factory", start=False)
+    bot = await make_bot("broken_factory", start=False)
     await bot.writer.start()
     outcome = await asyncio.wait_for(__import__("transport.session", fromlist=["x"]).run_session(
         bot.spec, bot.writer, bot.stop_event), 30)
@@ -128,7 +128,7 @@ async def test_broken_factory_and_unknown_pipeline_are_recorded(make_bot):
 
 
 async def test_listen_pipeline_keeps_no_audio_queued(make_bot, participant_factory):
-    bot = await make_bot("tests.pipelines:listen_probe")
+    bot = await make_bot("listen_probe")
     alice = await participant_factory("alice")
     await alice.publish_tone()
     await bot.wait_for("audio_track_subscribed", participant_id="alice")

@@ -1,4 +1,7 @@
-"""Pipelines a session can run: built-in ``echo`` and ``listen``, or the user's own as ``module:function``.
+"""Pipelines a session can run, by name: built-in ``echo`` and ``listen``, or the user's own registered in the
+daemon's settings (``[pipelines] mybot = "mypkg.bot:factory"``) or as an entry point in the group
+``room_supervisor.pipelines``. How names resolve is in :mod:`transport.pipeline_names` (pipecat-free, for the CLI);
+nothing else, in particular no ``module:function`` read from Redis, is ever imported.
 
 A pipeline factory has the signature ``factory(transport, spec) -> list[FrameProcessor]`` and returns the
 processors that go between ``transport.input()`` and ``transport.output()``. It may register event handlers
@@ -9,19 +12,17 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.livekit.transport import LiveKitParams
 
+from .pipeline_names import PipelineNotFound, check_target, resolve_target
+
 SAMPLE_RATE = 48_000
 
 PipelineFactory = Callable[[Any, Any], list[FrameProcessor]]
-
-
-class PipelineNotFound(LookupError):
-    """The named pipeline is neither built in nor an importable ``module:function``."""
 
 
 class EchoAudio(FrameProcessor):
@@ -75,31 +76,26 @@ class PipelineDefinition:
         )
 
 
-BUILTIN: dict[str, PipelineFactory] = {"echo": echo, "listen": listen}
+BUILTIN: dict[str, PipelineFactory] = {"echo": echo, "listen": listen}  # the names are BUILTIN_NAMES
 
 
-def check_pipeline_name(name: str) -> str:
-    """Syntax check only (the CLI uses it before writing desired state): built-in or ``module:function``."""
-    if name in BUILTIN:
-        return name
-    module, sep, func = name.partition(":")
-    if not sep or not module or not func.isidentifier() or not all(p.isidentifier() for p in module.split(".")):
-        raise PipelineNotFound(f"unknown pipeline {name!r}: use one of {sorted(BUILTIN)} or module:function")
-    return name
+def load_pipeline(name: str, registered: Mapping[str, str] | None = None) -> PipelineDefinition:
+    """The pipeline called ``name``: built in, else in ``registered`` (name -> ``module:function``, from the
+    daemon's settings), else an entry point in ``room_supervisor.pipelines``.
 
-
-def load_pipeline(name: str) -> PipelineDefinition:
-    """The pipeline called ``name``; raises :class:`PipelineNotFound` with what to do."""
-    if name in BUILTIN:
+    Raises :class:`PipelineNotFound` with what to do: for anything that is not a registered name (checked
+    before anything is imported), and for a registered target that cannot be imported or is not callable."""
+    target = resolve_target(name, registered or {})
+    if target is None:
         return PipelineDefinition(name, BUILTIN[name])
-    check_pipeline_name(name)
-    module_name, _, func_name = name.partition(":")
+    module_name, func_name = check_target(target)
     try:
-        factory = getattr(importlib.import_module(module_name), func_name)
-    except ImportError as exc:
-        raise PipelineNotFound(f"pipeline {name!r}: cannot import {module_name}: {exc}") from None
-    except AttributeError:
-        raise PipelineNotFound(f"pipeline {name!r}: {module_name} has no {func_name}") from None
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module's own code failing: the same next time
+        raise PipelineNotFound(f"pipeline {name!r} ({target}): cannot import {module_name}: {exc!r}") from None
+    factory = getattr(module, func_name, None)
+    if factory is None:
+        raise PipelineNotFound(f"pipeline {name!r} ({target}): {module_name} has no {func_name}")
     if not callable(factory):
-        raise PipelineNotFound(f"pipeline {name!r} is not callable")
+        raise PipelineNotFound(f"pipeline {name!r} ({target}) is not callable")
     return PipelineDefinition(name, factory)
