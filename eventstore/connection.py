@@ -7,7 +7,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 
-def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> aioredis.Redis:
+def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0,
+            client_name: str | None = None) -> aioredis.Redis:
     """A client for ``url`` returning bytes (entries carry raw payloads), with bounded timeouts.
 
     Retries inside redis-py are kept to one quick retry: the writer and consumers have their own recovery
@@ -20,4 +21,5 @@ def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2
         socket_connect_timeout=connect_timeout,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        client_name=client_name,
     )

@@ -18,6 +18,8 @@ Layout (prefix ``rs`` by default)::
     rs:rooms                         ZSET    every room that has events (member: raw name, score: first seen)
     rs:dead                          STREAM  dead letters: entries that could not be decoded
     rs:desired                       HASH    rooms to join -> desired-room JSON (pipeline, ...)
+    rs:claimable                     ZSET    desired rooms by when they may be claimed (ms, Redis time):
+                                             free ones since they were desired, held ones when their lease expires
     rs:control                       STREAM  join/leave announcements that wake daemons early
     rs:daemon:<id>                   STRING  daemon heartbeat (JSON), with a TTL
     rs:consumers:<proj>              ZSET    live consumer instances of a projection (score: heartbeat ms)
@@ -110,6 +112,9 @@ class Keys:
 
     def desired(self) -> str:
         return f"{self.prefix}:desired"
+
+    def claimable(self) -> str:
+        return f"{self.prefix}:claimable"
 
     def control(self) -> str:
         return f"{self.prefix}:control"

@@ -183,6 +183,23 @@ class SessionEnded(Record, tag="session_ended", frozen=True, kw_only=True):
     detail: str = ""
 
 
+class StoreUnavailable(Record, tag="store_unavailable", frozen=True, kw_only=True):
+    """The daemon cannot reach the event store (Redis) since ``since`` (Unix time). The session goes on;
+    records from here on wait in the daemon's memory or spool and reach the stream late (their ``ts`` is when
+    they happened). ``detail`` says what failed."""
+
+    since: float = 0.0
+    detail: str = ""
+
+
+class StoreRestored(Record, tag="store_restored", frozen=True, kw_only=True):
+    """The event store answers again: the outage that began at ``since`` lasted ``down_for`` seconds, and the
+    room's lease was re-asserted with the same epoch."""
+
+    since: float = 0.0
+    down_for: float = 0.0
+
+
 AnyRecord = Union[
     Connected,
     Disconnected,
@@ -201,6 +218,8 @@ AnyRecord = Union[
     Reconnected,
     SessionStarted,
     SessionEnded,
+    StoreUnavailable,
+    StoreRestored,
 ]
 
 RECORD_TYPES: Final[tuple[type[Record], ...]] = AnyRecord.__args__  # type: ignore[attr-defined]

@@ -112,12 +112,14 @@ class Control:
         result = JoinResult.ADDED
         if current is not None:
             result = JoinResult.RESET if current.failed and current.pipeline == pipeline else JoinResult.UPDATED
+        await self._redis.zadd(self.keys.claimable(), {name: int(entry.since * 1000)}, nx=True)
         await self._announce("join", room, pipeline)
         return result
 
     async def leave(self, room: str) -> bool:
         """Make ``room`` not desired. Returns whether it was."""
         removed = bool(await self._redis.hdel(self.keys.desired(), room.encode("utf-8")))
+        await self._redis.zrem(self.keys.claimable(), room.encode("utf-8"))
         if removed:
             await self._announce("leave", room)
         return removed
@@ -126,20 +128,43 @@ class Control:
         return _safe_decode(await self._redis.hget(self.keys.desired(), room.encode("utf-8")))
 
     async def desired(self) -> DesiredState:
-        raw = await self._redis.hgetall(self.keys.desired())
-        rooms: dict[str, DesiredRoom] = {}
-        raws: dict[str, bytes] = {}
-        unreadable: dict[str, str] = {}
-        for field, value in raw.items():
-            name = text(field)
-            why = unusable_name(name)
-            entry = None if why else _safe_decode(value)
-            if entry is None:
-                unreadable[name] = why or "not desired-room JSON ({pipeline, since})"
-                continue
-            rooms[name] = entry
-            raws[name] = value
-        return DesiredState(rooms, raws, unreadable)
+        """All of it (the CLI, and the daemon's periodic repair of the claimable index)."""
+        return _desired_state(await self._redis.hgetall(self.keys.desired()))
+
+    async def desired_of(self, rooms: list[str]) -> DesiredState:
+        """Only ``rooms`` (one HMGET): what a daemon reads for the rooms it holds or may claim."""
+        if not rooms:
+            return DesiredState({}, {}, {})
+        names = [r.encode("utf-8", "surrogateescape") for r in rooms]
+        values = await self._redis.hmget(self.keys.desired(), names)
+        return _desired_state({n: v for n, v in zip(names, values) if v is not None})
+
+    async def count(self) -> int:
+        return int(await self._redis.hlen(self.keys.desired()))
+
+    async def repair_claimable(self, desired: DesiredState) -> int:
+        """Make the claimable index hold exactly the desired rooms that are not failed (a room added since keeps
+        its score). Returns how many entries were added or removed. Cheap enough for every minute or so; the
+        index is kept in step by every change anyway, this mends what a crash between two writes left."""
+        key = self.keys.claimable()
+        indexed = {text(m) for m in await self._redis.zrange(key, 0, -1)}
+        want = {room: d for room, d in desired.rooms.items() if not d.failed}
+        missing = {room.encode("utf-8"): int(d.since * 1000) for room, d in want.items() if room not in indexed}
+        extra = [room.encode("utf-8", "surrogateescape") for room in indexed if room not in want]
+        if missing:
+            await self._redis.zadd(key, missing, nx=True)
+        if extra:
+            # a room joined since the read is back in both; a lost ZADD of it would wait for the next repair
+            current = await self.desired_of([text(r) for r in extra])
+            extra = [r for r in extra if text(r) not in current.rooms or current.rooms[text(r)].failed]
+            if extra:
+                await self._redis.zrem(key, *extra)
+        return len(missing) + len(extra)
+
+    async def unindex(self, rooms: list[str]) -> None:
+        """Take rooms that are no longer desired (or failed) out of the claimable index."""
+        if rooms:
+            await self._redis.zrem(self.keys.claimable(), *(r.encode("utf-8", "surrogateescape") for r in rooms))
 
     async def end_room(self, room: str, seen: DesiredRoom) -> bool:
         """The room's call is over: remove it from desired state, unless someone changed it since ``seen``."""
@@ -151,12 +176,16 @@ class Control:
         return await self._replace(room, seen, failed)
 
     async def _replace(self, room: str, seen: DesiredRoom, new: DesiredRoom | None) -> bool:
+        """Compare-and-set of the room's entry; an ended or failed room leaves the claimable index."""
         key = self.keys.desired()
         name = room.encode("utf-8")
         raw = await self._redis.hget(key, name)
         if raw is None or _safe_decode(raw) != seen:
             return False
-        return bool(await self._cas(keys=[key], args=[name, raw, _encode(new) if new is not None else b""]))
+        if not await self._cas(keys=[key], args=[name, raw, _encode(new) if new is not None else b""]):
+            return False
+        await self._redis.zrem(self.keys.claimable(), name)
+        return True
 
     async def last_command_id(self) -> bytes:
         last = await self._redis.xrevrange(self.keys.control(), count=1)
@@ -168,6 +197,23 @@ class Control:
         if reply:
             return reply[0][1][-1][0]
         return after
+
+
+def _desired_state(raw: dict[bytes, bytes]) -> DesiredState:
+    """The readable entries of (part of) ``rs:desired``, and why the others are skipped."""
+    rooms: dict[str, DesiredRoom] = {}
+    raws: dict[str, bytes] = {}
+    unreadable: dict[str, str] = {}
+    for field, value in raw.items():
+        name = text(field)
+        why = unusable_name(name)
+        entry = None if why else _safe_decode(value)
+        if entry is None:
+            unreadable[name] = why or "not desired-room JSON ({pipeline, since})"
+            continue
+        rooms[name] = entry
+        raws[name] = value
+    return DesiredState(rooms, raws, unreadable)
 
 
 def _safe_decode(raw: bytes | None) -> DesiredRoom | None:

@@ -7,10 +7,14 @@ Life of a daemon (``room-supervisor serve``):
    wait until its own spool (left by an earlier run) is in Redis, each within ``drain_timeout``: spooled
    records carry the epochs of their time, which a room refuses once claimed again; then ``READY=1``;
 3. reconcile every ``reconcile_interval`` seconds, and at once when a control command arrives: stop sessions
-   of rooms no longer desired, restart those whose pipeline changed, claim leases of desired rooms nobody
-   holds (up to ``max_rooms``) and start a RoomSession for each; heartbeat its state to ``rs:daemon:<id>``;
+   of rooms no longer desired, restart those whose pipeline changed, claim leases of desired rooms that are
+   due (up to ``max_rooms``) and start a RoomSession for each (:mod:`supervisor.reconcile`); renew every held
+   lease in one round trip and ride out Redis outages (:mod:`supervisor.lease_keeper`); heartbeat its state to
+   ``rs:daemon:<id>``. The id is stable across restarts (``daemon.id``, default: the host name), so a
+   restarted daemon takes its own rooms back at once instead of waiting for their leases to expire;
 4. on the first SIGTERM, drain: ``STOPPING=1``, every session leaves gracefully (``on_before_disconnect``),
-   leases are released, the writer flushes, all within ``drain_timeout``; exit 0 if everything ended in time.
+   LiveKit is asked until it no longer lists the bot (a lingering bot is removed), leases are released, the
+   writer flushes, all within ``drain_timeout``; exit 0 if everything ended in time and every bot is gone.
    A second SIGTERM, or SIGINT, exits at once (about a second: sessions are cancelled, the writer gets a last
    moment, what is not in Redis stays in the spool; exit 1). SIGHUP reloads the settings.
 
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -38,15 +43,18 @@ from eventstore.spool import Spool
 from eventstore.writer import EventWriter, RecordsNotWritten
 
 from .control import Control
-from .drain import CLOSE_WAIT, FORCED_WAIT, cancel_sessions, wait_sessions
+from .drain import CLOSE_WAIT, FORCED_WAIT, LEFTOVER_WAIT, cancel_sessions, leftovers_end, wait_sessions
 from .errors import CommandError
-from .heartbeat import Heartbeat, delete_heartbeat, write_heartbeat
+from .ghosts import remove_all
+from .heartbeat import Heartbeat, delete_heartbeat, read_heartbeat, twin, write_heartbeat
 from .http import HttpEndpoint
+from .lease_keeper import LeaseKeeper
 from .leases import Leases
 from .loops import Loops
 from .runtime_settings import reloadable, set_level
 from .metrics import DaemonMetrics
 from .notify import Notifier
+from .presence import PresenceCheck
 from .probes import LoopMonitor, Probes
 from .reconcile import Reconciler
 from .redisutil import REDIS_TROUBLE
@@ -58,6 +66,7 @@ from .spoolfiles import SpoolUnavailable, flush_unless, own_spool, replay_before
 log = logging.getLogger("supervisor")
 
 EXIT_DRAINED, EXIT_NOT_DRAINED = 0, 1
+FORCED_REMOVE_WAIT = 0.6  # s: on a forced exit, how long LiveKit gets to remove the bots
 
 
 class DaemonStartError(CommandError):
@@ -69,7 +78,8 @@ class Daemon:
                  run_session: SessionRunner | None = None, burst: bool = False,
                  environ: dict[str, str] | None = None) -> None:
         self.settings = settings
-        self.id = settings.daemon.id or f"{socket.gethostname()}-{os.getpid()}"
+        # Stable across restarts, so that a restarted daemon takes its own rooms back at once (see leases).
+        self.id = settings.daemon.id or socket.gethostname()
         self.instance = uuid.uuid4().hex[:12]
         self.keys = Keys(settings.redis.prefix)
         self.metrics = DaemonMetrics()
@@ -90,7 +100,9 @@ class Daemon:
         self._closed = False
         self._last_status = ""
         self._spool_lock = None
-        self.redis = connect(settings.redis.url)
+        self._twin_checked = False
+        self._predecessor = ""  # instance of the earlier run whose heartbeat this one found at start
+        self.redis = connect(settings.redis.url, client_name="room-supervisor:" + re.sub(r"[^\w.:/-]", "_", self.id))
         self.control = Control(self.redis, self.keys)
         self.leases = Leases(self.redis, self.keys, f"{self.id}/{self.instance}", settings.daemon.lease_ttl)
         self.writer: EventWriter | None = None
@@ -100,6 +112,7 @@ class Daemon:
         self.probes: Probes | None = None
         self.reconciler = Reconciler(self.id, self.control, self.leases, self.registry, lambda: self.settings,
                                      self._context, self.drain_requested.is_set)
+        self.keeper: LeaseKeeper | None = None
 
     # --- signals: they only set state ------------------------------------------------------------------------
 
@@ -133,6 +146,9 @@ class Daemon:
                 self.state = "ready"
                 self.notifier.ready(await self._status())
                 log.info("daemon %s ready (instance %s)", self.id, self.instance)
+                self.loops.start("leases", self.keeper.step)
+                if self.livekit is not None:
+                    self.loops.start("presence", PresenceCheck(self.registry, self.livekit).step)
                 self.loops.start("reconcile", self._reconcile_step)
                 self.loops.start("control", lambda: self.reconciler.watch_commands(self._wake))
                 await self.drain_requested.wait()
@@ -149,7 +165,7 @@ class Daemon:
         self.monitor.start()
         try:
             spool_path, self._spool_lock = own_spool(s.writer.spool_dir, self.id)
-            spool = Spool(spool_path, max_bytes=s.writer.spool_max_bytes, fsync=s.writer.spool_fsync)
+            spool = await Spool.open(spool_path, max_bytes=s.writer.spool_max_bytes, fsync=s.writer.spool_fsync)
         except (SpoolUnavailable, OSError) as exc:
             raise DaemonStartError(str(exc)) from None
         self.writer = EventWriter(
@@ -167,6 +183,8 @@ class Daemon:
                 await self.http.start()
             except OSError as exc:
                 raise DaemonStartError(f"cannot listen on {s.daemon.http_host}:{s.daemon.http_port}: {exc}") from None
+        self.keeper = LeaseKeeper(self.leases, self.registry, self.metrics, lambda: self.settings.daemon.outage_grace,
+                                  self.livekit, self.id)
         self.loops.start("heartbeat", self._heartbeat_step)
         self.loops.start("reload", self._reload_step)
         if self.settings.daemon.watchdog_interval or self.notifier.watchdog_interval:
@@ -180,12 +198,14 @@ class Daemon:
         said = ""
         while not self.drain_requested.is_set():
             problems = await self.probes.dependencies()
-            if not problems:
-                try:
+            try:
+                if self.probes.redis_ok:
+                    problems += await self._twin_problem()
+                if not problems:
                     await self._prepare_redis()
                     return not self.drain_requested.is_set()
-                except REDIS_TROUBLE as exc:
-                    problems = [f"redis: {type(exc).__name__}: {exc}"[:300]]
+            except REDIS_TROUBLE as exc:
+                problems = [f"redis: {type(exc).__name__}: {exc}"[:300]]
             text = "waiting: " + "; ".join(problems)
             if text != said:
                 log.warning("daemon %s %s", self.id, text)
@@ -193,6 +213,21 @@ class Daemon:
                 said = text
             await self._sleep_unless(self.drain_requested, 1.0)
         return False
+
+    async def _twin_problem(self) -> list[str]:
+        """Another running daemon with this id would take this one's rooms and be robbed of them in turn: wait
+        while its heartbeat says it is alive. Once this passes, this daemon's heartbeats take over the key."""
+        if self._twin_checked:
+            return []
+        other = await read_heartbeat(self.redis, self.keys, self.id)
+        why = twin(other, socket.gethostname(), os.getpid())
+        self._twin_checked = not why
+        if other is not None and not why:  # an earlier run of this daemon, gone: take its rooms back now
+            self._predecessor = other.instance
+            self.reconciler.reclaim(sorted(other.rooms))
+            log.info("daemon %s: an earlier run (instance %s, pid %d) held %d rooms; taking them back", self.id,
+                     other.instance, other.pid, len(other.rooms))
+        return [why] if why else []
 
     async def _prepare_redis(self) -> None:
         s = self.settings
@@ -221,11 +256,19 @@ class Daemon:
         flushed = not self.forced and (self.writer is None or await flush_unless(
             self.writer, max(0.1, deadline - loop.time()), self.force_requested))
         if self.forced:
+            if self.livekit is not None:
+                removed, unconfirmed = await remove_all(
+                    self.livekit, [(s.room, s.identity) for s in sessions.values() if s.identity], FORCED_REMOVE_WAIT)
+                log.warning("daemon %s: forced exit: %d bot(s) removed from LiveKit, %d not confirmed", self.id,
+                            removed, unconfirmed)
             log.warning("daemon %s: forced exit; the writer gets %.1fs, then what is not in Redis stays in the "
                         "spool", self.id, FORCED_WAIT)
         elif not flushed:
             log.error("daemon %s: writer not flushed in time; the rest goes to the spool", self.id)
-        clean = not left and flushed
+        ghosts = sum(1 for s in sessions.values() if s.unconfirmed)
+        if ghosts:
+            log.error("daemon %s: %d bot(s) could not be confirmed gone from LiveKit", self.id, ghosts)
+        clean = not left and flushed and not ghosts
         log.info("daemon %s drained (clean=%s)", self.id, clean)
         return clean
 
@@ -286,15 +329,17 @@ class Daemon:
         await self._sleep_unless(self._wake, self.settings.daemon.reconcile_interval)
 
     async def reconcile_once(self) -> None:
-        desired = await self.reconciler.once()
-        self.metrics.rooms_desired.set(len(desired.rooms))
-        self.metrics.rooms_failed.set(sum(1 for d in desired.rooms.values() if d.failed))
+        reads = self.reconciler.full_reads
+        await self.reconciler.once()
+        self.metrics.desired_reads.inc(self.reconciler.full_reads - reads)
+        self.metrics.rooms_desired.set(self.reconciler.desired_count)
+        self.metrics.rooms_failed.set(self.reconciler.failed_count)
         self.metrics.set_sessions(await self.registry.count_by_state(STATES))
         status = await self._status()
         if status != self._last_status:  # systemd needs no repeats, and a full socket drops messages
             self._last_status = status
             self.notifier.status(status)
-        if self.burst and not desired.rooms and not await self.registry.count():
+        if self.burst and not self.reconciler.desired_count and not await self.registry.count():
             log.info("daemon %s: no desired room left (--burst); draining", self.id)
             self.drain_requested.set()
 
@@ -334,6 +379,9 @@ class Daemon:
         interval = max(0.5, min(5.0, self.settings.daemon.lease_ttl / 3))
         if self.state != "starting" and self.probes is not None:
             await self.probes.dependencies()  # keeps redis_ok/livekit_ok and their metrics current
+        if not self._twin_checked:
+            await asyncio.sleep(interval)  # another daemon may own this id; its heartbeat is not ours to replace
+            return
         beat = Heartbeat(
             id=self.id, instance=self.instance, host=socket.gethostname(), pid=os.getpid(), state=self.state,
             started=self._started, updated=time.time(), max_rooms=self.settings.daemon.max_rooms,
@@ -341,9 +389,16 @@ class Daemon:
             livekit_ok=bool(self.probes and self.probes.livekit_ok), rooms=await self.registry.views(),
         )
         try:
-            await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)
+            other = await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)
         except REDIS_TROUBLE:
-            pass
+            other = None
+        if other is not None and other.instance == self._predecessor:
+            other = None  # the first beat replaces the earlier run's
+        if other is not None:
+            self.metrics.errors.labels("internal").inc()
+            log.error("daemon %s: another daemon with the same id is running (host %s, pid %s, instance %s): they "
+                      "take each other's rooms; give each daemon its own daemon.id", self.id, other.host, other.pid,
+                      other.instance)
         await asyncio.sleep(interval)
 
     async def _watchdog_step(self) -> None:
@@ -376,9 +431,8 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     keys_of(settings)
     daemon = Daemon(settings, reload=lambda: settings_from(args), burst=getattr(args, "burst", False))
     code = await daemon.run()
-    if daemon.forced:
+    if daemon.forced or not await leftovers_end(LEFTOVER_WAIT):
         from .cli import exit_now
 
         exit_now(code)
     return code
-

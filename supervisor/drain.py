@@ -20,6 +20,7 @@ log = logging.getLogger("supervisor")
 CANCEL_WAIT = 5.0  # s: how long cancelled sessions get to leave LiveKit (the drain's own bound aside)
 CLOSE_WAIT = 2.0  # s: the writer's last flush, and removing the heartbeat, at exit
 FORCED_WAIT = 0.3  # s: the bound of each of those steps on a forced exit (second SIGTERM, SIGINT)
+LEFTOVER_WAIT = 3.0  # s: how long tasks still running after a drain (a library's) may take to end
 
 
 async def wait_sessions(sessions: Iterable[RoomSession], seconds: float, force: asyncio.Event) -> list[RoomSession]:
@@ -51,3 +52,20 @@ async def cancel_sessions(sessions: Iterable[RoomSession], force: asyncio.Event)
         assert session.task is not None
         session.task.cancel()
     await wait_sessions(running, CANCEL_WAIT, force)
+
+
+async def leftovers_end(seconds: float) -> bool:
+    """Cancel the tasks still running once the daemon is closed (pipecat's or rtc's, never ours: every session
+    has ended) and wait for them at most ``seconds``: a task that ignores cancellation must not keep a drained
+    daemon from exiting (asyncio would wait for it without bound). False if some did not end."""
+    current = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return True
+    _, pending = await asyncio.wait(left, timeout=seconds)
+    if pending:
+        log.warning("%d task(s) did not end after the drain (%s); exiting without them", len(pending),
+                    ", ".join(sorted(t.get_name() for t in pending))[:500])
+    return not pending

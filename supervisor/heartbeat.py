@@ -1,12 +1,16 @@
 """Daemon heartbeats: ``rs:daemon:<id>`` holds a JSON snapshot of one daemon and its rooms, with a TTL.
 
 The daemon rewrites it every few seconds; when a daemon dies the key expires. ``room-supervisor rooms``
-reads every heartbeat to show which daemon holds which room and in which state.
+reads every heartbeat to show which daemon holds which room and in which state. Two daemons with one id (which
+would take each other's rooms, see :mod:`supervisor.leases`) are caught here: at start a daemon waits while a
+heartbeat under its id belongs to a process that is alive (on another host, or another pid on this one), and
+a running daemon that finds another instance's heartbeat under its id logs it as an error.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import msgspec
@@ -35,8 +39,41 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Heartbeat).decode
 
 
-async def write_heartbeat(redis: aioredis.Redis, keys: Keys, beat: Heartbeat, ttl: float) -> None:
-    await redis.set(keys.daemon(beat.id), _encode(beat), px=max(int(ttl * 1000), 1))
+async def write_heartbeat(redis: aioredis.Redis, keys: Keys, beat: Heartbeat, ttl: float) -> Heartbeat | None:
+    """Write ``beat``; returns the heartbeat it replaced when that was another instance's (a daemon with the
+    same id that is alive: two daemons share an id), else None."""
+    raw = await redis.set(keys.daemon(beat.id), _encode(beat), px=max(int(ttl * 1000), 1), get=True)
+    other = _safe(raw) if raw is not None else None
+    return other if other is not None and other.instance != beat.instance else None
+
+
+def twin(other: Heartbeat | None, host: str, pid: int) -> str:
+    """Why ``other`` (the heartbeat found under this daemon's id at start) belongs to a daemon that is still
+    running, or ``""`` when it is an earlier run of this one that is gone (same host, process not alive)."""
+    if other is None:
+        return ""
+    if other.host != host:
+        return (f"another daemon with id {other.id!r} runs on host {other.host!r} (pid {other.pid}); waiting until "
+                "its heartbeat expires. Give each daemon its own daemon.id")
+    if other.pid == pid or not _alive(other.pid):
+        return ""
+    return (f"another daemon with id {other.id!r} runs on this host (pid {other.pid}); waiting until it stops. "
+            "Give each daemon its own daemon.id")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def read_heartbeat(redis: aioredis.Redis, keys: Keys, daemon_id: str) -> Heartbeat | None:
+    raw = await redis.get(keys.daemon(daemon_id))
+    return _safe(raw) if raw is not None else None
 
 
 async def delete_heartbeat(redis: aioredis.Redis, keys: Keys, daemon_id: str, instance: str) -> None:

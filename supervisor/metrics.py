@@ -19,6 +19,8 @@ class DaemonMetrics:
         self.rooms_desired = Gauge("room_supervisor_rooms_desired", "Rooms in desired state (all daemons)",
                                    registry=r)
         self.rooms_failed = Gauge("room_supervisor_rooms_failed", "Desired rooms marked failed", registry=r)
+        self.desired_reads = Counter("room_supervisor_desired_full_reads", "Reads of the whole desired state "
+                                     "(periodic, and soon after control commands)", registry=r)
         self.sessions = Gauge("room_supervisor_sessions", "Room sessions held by this daemon, by state",
                               ["state"], registry=r)
         self.events_written = Counter("room_supervisor_events_written", "Records appended to Redis",
@@ -37,8 +39,11 @@ class DaemonMetrics:
                                     registry=r)
         self.spool_bytes = Gauge("room_supervisor_spool_bytes", "Bytes waiting in the local spool file",
                                  registry=r)
+        self.store_down = Gauge("room_supervisor_store_down", "1 while Redis does not answer the lease keeper "
+                                "(sessions go on; records wait in memory and the spool)", registry=r)
         self.loop_lag = Gauge("room_supervisor_loop_lag_seconds", "Largest recent event loop lag", registry=r)
-        for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit", "internal"):
+        for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit", "internal",
+                     "ghost_removed", "ghost_unconfirmed"):
             self.errors.labels(kind)
         for cause in ("rejoin", "restart"):
             self.rejoins.labels(cause)

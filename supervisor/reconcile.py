@@ -1,11 +1,24 @@
-"""Reconciling: turn desired state into room sessions of one daemon.
+"""Reconciling: turn desired state into room sessions of one daemon, at a cost that does not grow with the
+rooms other daemons hold.
 
-One pass reads ``rs:desired``, stops sessions of rooms no longer desired (or marked failed), restarts those
-whose pipeline changed, and claims the leases of desired rooms nobody holds, oldest desire first, up to
-``max_rooms``; each granted claim becomes a RoomSession. Claims go out pipelined, one round trip per batch.
-Control commands (``rs:control``) only wake the loop early: the hash is the state. Entries of the hash that
-cannot be rooms (a name that is not UTF-8 or empty, a value that is not desired-room JSON) are logged once and
-never claimed; a room whose handling raises is logged and skipped, and the others go on.
+One pass:
+
+1. reads the desired entries of the rooms this daemon holds (one HMGET) and stops sessions of rooms no longer
+   desired (or marked failed), restarts those whose pipeline changed;
+2. if it has room for more (``max_rooms``), asks the claimable index (``rs:claimable``, see
+   :mod:`supervisor.leases`) for rooms that are due: desired and free, or whose lease has expired. Normally
+   that is none, so an idle daemon beside another that holds a thousand rooms sends a few commands a second.
+   It reads those rooms' desired entries, drops index entries of rooms no longer desired, and claims the
+   rest, oldest desire first, pipelined; each granted claim becomes a RoomSession. A claim refused because the
+   lease is held moves the room's index score to the holder's expiry;
+3. every :data:`REPAIR_INTERVAL` seconds, and soon after a control command, reads all of ``rs:desired`` once,
+   to mend the index (a crash between two writes) and report unreadable entries.
+
+After a pass failed for Redis trouble, expired leases of other daemons are not taken over for one lease TTL
+once Redis answers again: after an outage every lease looks expired, and their holders, whose calls went on,
+need a moment to re-assert them. Control commands (``rs:control``) only wake the loop early: the hash is the
+state. Entries that cannot be rooms (a name that is not UTF-8 or empty, a value that is not desired-room JSON)
+are logged once and never claimed; a room whose handling raises is logged and skipped, and the others go on.
 """
 
 from __future__ import annotations
@@ -24,6 +37,11 @@ from .settings import Settings
 log = logging.getLogger("supervisor")
 
 
+REPAIR_INTERVAL = 30.0  # s: how often the whole desired state is read to mend the claimable index
+REPAIR_AFTER_COMMAND = 2.0  # s: a control command brings the next full read this close (never nearer)
+DUE_SLACK = 32  # due rooms read beyond the free places (some may be gone from desired state)
+
+
 class Reconciler:
     def __init__(self, daemon_id: str, control: Control, leases: Leases, registry: SessionRegistry[RoomSession],
                  settings: Callable[[], Settings], context: Callable[[], SessionContext],
@@ -37,20 +55,57 @@ class Reconciler:
         self._draining = draining
         self._reported: dict[str, str] = {}  # unreadable desired-state entries already logged
         self._last_command: bytes | None = None
+        self._next_repair = 0.0  # loop time of the next full read of desired state
+        self._last_repair = 0.0
+        self.full_reads = 0  # passes that read all of desired state
+        self._takeovers_from = 0.0  # loop time before which expired leases of others are left to their holders
+        self._store_failed = False
+        self.desired_count = 0
+        self.failed_count = 0
+        self._reclaims: list[str] = []
 
-    async def once(self) -> DesiredState:
-        """One pass; returns the desired state it acted on. A room whose handling fails is logged and skipped."""
-        desired = await self.control.desired()
+    def reclaim(self, rooms: list[str]) -> None:
+        """Rooms an earlier run of this daemon held (its last heartbeat): claimed at the next pass without
+        waiting for their index entries to come due (their leases are taken back at once, see leases)."""
+        self._reclaims = list(rooms)
+
+    async def once(self) -> None:
+        """One pass. A room whose handling fails is logged and skipped."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self._pass(loop)
+        except REDIS_TROUBLE:
+            self._store_failed = True
+            raise
+        if self._store_failed:
+            self._store_failed = False
+            self._takeovers_from = loop.time() + self.leases.ttl
+
+    async def _pass(self, loop: asyncio.AbstractEventLoop) -> None:
         held = await self.registry.sessions()
-        for room, session in held.items():
-            try:
-                self._steer(session, desired.rooms.get(room))
-            except Exception:  # noqa: BLE001 - one room must not stop the others
-                log.exception("daemon %s: room=%s: reconciling its session failed; skipped", self.daemon_id,
-                              shown(room))
+        if held:
+            mine = await self.control.desired_of(list(held))
+            for room, session in held.items():
+                try:
+                    self._steer(session, mine.rooms.get(room))
+                except Exception:  # noqa: BLE001 - one room must not stop the others
+                    log.exception("daemon %s: room=%s: reconciling its session failed; skipped", self.daemon_id,
+                                  shown(room))
+        if loop.time() >= self._next_repair:
+            await self._repair()
+            self.full_reads += 1
+            self._last_repair = loop.time()
+            self._next_repair = self._last_repair + REPAIR_INTERVAL
+        self.desired_count = await self.control.count()
+        await self._claim_rooms(held)
+
+    async def _repair(self) -> None:
+        desired = await self.control.desired()
         self._report_unreadable(desired)
-        await self._claim_rooms(desired, held)
-        return desired
+        self.failed_count = sum(1 for d in desired.rooms.values() if d.failed)
+        mended = await self.control.repair_claimable(desired)
+        if mended:
+            log.info("daemon %s: claimable index mended (%d entries)", self.daemon_id, mended)
 
     @staticmethod
     def _steer(session: RoomSession, want: DesiredRoom | None) -> None:
@@ -69,17 +124,29 @@ class Reconciler:
                             shown(name), why)
         self._reported = dict(desired.unreadable)
 
-    async def _claim_rooms(self, desired: DesiredState, held: dict[str, RoomSession]) -> None:
+    async def _claim_rooms(self, held: dict[str, RoomSession]) -> None:
         loop = asyncio.get_running_loop()
         free = self._settings().daemon.max_rooms - len(held)
-        wanted = sorted((d.since, room) for room, d in desired.rooms.items() if room not in held and not d.failed)
-        candidates = [room for _, room in wanted]
-        while free > 0 and candidates and not self._draining():
-            chunk, candidates = candidates[:free], candidates[free:]
-            sent = loop.time()
-            for room, claim in zip(chunk, await self.leases.claim_many(chunk)):
-                if claim.granted and await self._start_session(room, desired.rooms[room], claim, sent):
-                    free -= 1
+        if free <= 0 or self._draining():
+            return
+        reclaims, self._reclaims = self._reclaims, []
+        due = reclaims + [r for r in await self.leases.due(free + DUE_SLACK) if r not in reclaims]
+        due = [room for room in due if room not in held]
+        if not due:
+            return
+        wanted = await self.control.desired_of(due)
+        gone = [room for room in due if room not in wanted.rooms or wanted.rooms[room].failed]
+        if gone:
+            await self.control.unindex(gone)
+        candidates = [room for _, room in sorted((d.since, room) for room, d in wanted.rooms.items()
+                                                 if not d.failed)][:free]
+        sent = loop.time()
+        claims = await self.leases.claim_many(candidates, takeover=loop.time() >= self._takeovers_from)
+        await self.leases.index({room: c.expires_ms for room, c in zip(candidates, claims)
+                                 if not c.granted and c.expires_ms})
+        for room, claim in zip(candidates, claims):
+            if claim.granted:
+                await self._start_session(room, wanted.rooms[room], claim, sent)
 
     async def _start_session(self, room: str, want: DesiredRoom, claim: Claim, sent: float) -> bool:
         """Start a session on a granted claim; False (lease released) when draining, already held, or broken."""
@@ -88,6 +155,9 @@ class Reconciler:
             session = RoomSession(room, want, claim, sent, self._context())
             if not self._draining() and await self.registry.add(session):
                 session.start()
+                if claim.status == "RECLAIM":
+                    log.info("daemon %s: room=%s: taken back from an earlier run of this daemon (%s), epoch %d",
+                             self.daemon_id, shown(room), claim.previous_owner, claim.epoch)
                 return True
         except Exception:  # noqa: BLE001 - one room must not stop the others
             log.exception("daemon %s: room=%s: could not start a session; lease released, room skipped",
@@ -108,4 +178,6 @@ class Reconciler:
             return
         if now != self._last_command:
             self._last_command = now
+            # desired state changed: read all of it soon (entries written by hand get reported then)
+            self._next_repair = min(self._next_repair, self._last_repair + REPAIR_AFTER_COMMAND)
             wake.set()

@@ -2,9 +2,14 @@
 
 A RoomSession owns the room's lease (claimed by the reconcile loop) and runs one ``run_session`` after another:
 
-- it renews the lease every third of its TTL; when the lease is gone (taken over, or not renewed for a whole
-  TTL because Redis did not answer) the running session is stopped at once and the RoomSession ends
-  without releasing anything: whoever holds the lease now owns the room;
+- the daemon's :class:`~supervisor.lease_keeper.LeaseKeeper` renews its lease; the session stops only on a
+  *confirmed* loss (Redis answers that another daemon holds the lease, or LiveKit removes the bot, or the
+  keeper steps aside after ``outage_grace``), never because Redis is unreachable: then it goes on, its records
+  wait in the writer, and the room's stream gets ``store_unavailable`` / ``store_restored`` notes. On a loss the
+  RoomSession ends without releasing anything: whoever holds the lease now owns the room;
+- before its first session it removes any bot of ours still listed in the room (a previous holder's), and
+  after every session it makes sure LiveKit no longer lists the bot (``ensure_gone``), removing it if needed,
+  before it starts the next one or releases the lease;
 - after an outcome with ``rejoin=True`` it starts a new session (new session id, fresh bot identity) after a
   capped exponential backoff with jitter; a session that ran longer than ``rejoin_max`` resets the backoff;
 - a ``pipeline_error`` is restarted while the room's restart budget (``restart_budget`` crashes within
@@ -28,12 +33,13 @@ from typing import Any, Awaitable, Callable
 
 from livekit import api as lkapi
 
+from eventstore.records import StoreRestored, StoreUnavailable
 from eventstore.writer import EventWriter
-from transport.session import SessionOutcome, SessionSpec
+from transport.session import SERVER_ENDED, SessionOutcome, SessionSpec
 from transport.tokens import bot_identity
 
 from .control import Control, DesiredRoom
-from .ghosts import previous_bot, remove_bot
+from .ghosts import LiveKitUnreachable, ensure_gone, remove_other_bots
 from .leases import Claim, Leases
 from .metrics import DaemonMetrics
 from .redisutil import REDIS_TROUBLE
@@ -108,18 +114,20 @@ class RoomSession:
         self.epoch = claim.epoch
         self.ctx = ctx
         self.state = "running"
-        self.spec: SessionSpec | None = None
+        self.spec: SessionSpec | None = None  # the current (or last) session
         self.session_started = 0.0
         self.last_outcome: SessionOutcome | None = None
         self.lease_lost = ""
+        self.unconfirmed = False  # LiveKit could not be shown that the last session's bot left
         self._first_cause = claim.cause
-        self._took_over = claim.status == "TAKEOVER"
-        self._last_renewed = claimed_at  # loop time at which the last successful claim/renew was sent
+        self.last_renewed = claimed_at  # loop time at which the last successful claim/renew was sent
         self._stop = StopSignal()
         self._restart_to: DesiredRoom | None = None
+        self._restart_cause = "restart"
         daemon = ctx.settings().daemon
         self._budget = RestartBudget(daemon.restart_budget, daemon.restart_window)
         self.task: asyncio.Task[None] | None = None
+        self._done = False
 
     # --- control from the daemon ----------------------------------------------------------------------------
 
@@ -147,12 +155,25 @@ class RoomSession:
             self.state = "stopping"
         self._stop.stop(reason)
 
-    def request_restart(self, desired: DesiredRoom) -> None:
-        """Run the next session with ``desired`` (another pipeline) right away."""
+    def request_restart(self, desired: DesiredRoom, reason: str = "restart", cause: str = "restart") -> None:
+        """End the running session (``reason``) and run the next one with ``desired`` right away (``cause``):
+        another pipeline, or a bot LiveKit no longer lists."""
         if self.stopping:
             return
-        self._restart_to = desired
-        self._stop.stop("restart")
+        self._restart_to, self._restart_cause = desired, cause
+        self._stop.stop(reason)
+
+    def bot_missing(self) -> None:
+        """LiveKit no longer lists this session's bot (a disconnect the rtc SDK never reported): join again."""
+        if self.state == "running" and not self._stop.is_set():
+            self._log(logging.WARNING, "LiveKit no longer lists bot %s; joining again", self.identity)
+            self.ctx.metrics.rejoins.labels("rejoin").inc()
+            self.request_restart(self.desired, reason="bot_missing", cause="rejoin")
+
+    @property
+    def running_for(self) -> float:
+        """Seconds since the current session started (0 when none runs)."""
+        return time.time() - self.session_started if self.state == "running" and self.session_started else 0.0
 
     def view(self) -> dict[str, Any]:
         spec = self.spec
@@ -171,28 +192,36 @@ class RoomSession:
     # --- the room's life ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        keeper = asyncio.get_running_loop().create_task(self._keep_lease(), name=f"lease:{self.room}")
         try:
-            if self._took_over:
-                await self._remove_previous_bot()
             await self._sessions()
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            self._done = True  # from here the lease is released, not renewed
             await self._release()
             await self.ctx.registry.remove(self)
 
-    async def _remove_previous_bot(self) -> None:
+    async def _remove_earlier_bots(self) -> None:
+        """Before each bot of ours joins, no other bot of ours may be in the room (a dead holder's, our own
+        earlier run's or earlier session's, a drained daemon's that LiveKit still lists)."""
         if self.ctx.livekit is None:
             return
         try:
-            previous = await asyncio.wait_for(previous_bot(self.ctx.leases.redis, self.ctx.leases.keys, self.room), 5)
-        except REDIS_TROUBLE as exc:
-            self._log(logging.WARNING, "could not read the previous session: %r", exc)
+            removed = await remove_other_bots(self.ctx.livekit, self.room)
+        except LiveKitUnreachable as exc:
+            self._log(logging.WARNING, "could not check the room for earlier bots: %s", exc)
             return
-        if previous is not None and await remove_bot(self.ctx.livekit, previous, self.epoch):
-            self._log(logging.INFO, "removed the previous holder's bot %s (session %s, epoch %d) from LiveKit",
-                      previous.identity, previous.session, previous.epoch)
+        if removed:
+            self.ctx.metrics.errors.labels("ghost_removed").inc(len(removed))
+            self._log(logging.INFO, "removed earlier bot(s) of ours from LiveKit before joining: %s",
+                      ", ".join(removed))
+
+    @property
+    def holds_lease(self) -> bool:
+        """Still ours to renew: not lost, not ended."""
+        return not self.lease_lost and not self._done and self.task is not None and not self.task.done()
+
+    @property
+    def identity(self) -> str:
+        return self.spec.identity if self.spec is not None else ""
 
     async def _sessions(self) -> None:
         cause, attempt, failures = self._first_cause, 0, 0
@@ -201,7 +230,7 @@ class RoomSession:
             if self._restart_to is not None:
                 self.desired, self._restart_to = self._restart_to, None
                 self._stop = StopSignal()
-                cause, failures = "restart", 0
+                cause, failures = self._restart_cause, 0
             if self._stop.is_set():  # a stop that came between two sessions: do not join only to leave
                 self.state = "lost" if self.lease_lost else "ended"
                 return
@@ -226,6 +255,7 @@ class RoomSession:
                            loop: asyncio.AbstractEventLoop) -> tuple[SessionOutcome, float]:
         self.spec = self._make_spec(cause, attempt)
         self.state = "stopping" if self._stop.is_set() else "running"
+        await self._remove_earlier_bots()
         self.session_started = time.time()
         started = loop.time()
         self._log(logging.INFO, "session starts (cause %s, attempt %d, identity %s, pipeline %s)",
@@ -239,7 +269,30 @@ class RoomSession:
         ran_for = loop.time() - started
         self._log(logging.INFO, "session ended after %.1fs: %s (rejoin=%s) %s", ran_for, outcome.reason,
                   outcome.rejoin, outcome.detail)
+        await self._confirm_gone(self.spec.identity, outcome)
         return outcome, ran_for
+
+    async def _confirm_gone(self, identity: str, outcome: SessionOutcome) -> None:
+        """The session is over only once LiveKit no longer lists its bot; remove it if it lingers. When the
+        server itself ended the bot's connection (room closed, bot removed, server shutdown, ...), a LiveKit that
+        does not answer leaves nothing unconfirmed."""
+        self.unconfirmed = False
+        if self.ctx.livekit is None:
+            return
+        try:
+            how = await ensure_gone(self.ctx.livekit, self.room, identity)
+        except LiveKitUnreachable as exc:
+            if outcome.reason in SERVER_ENDED:
+                self._log(logging.INFO, "bot %s was disconnected by LiveKit, which does not answer now (%s)",
+                          identity, exc)
+                return
+            self.unconfirmed = True
+            self.ctx.metrics.errors.labels("ghost_unconfirmed").inc()
+            self._log(logging.ERROR, "cannot confirm that bot %s left LiveKit: %s", identity, exc)
+            return
+        if how == "removed":
+            self.ctx.metrics.errors.labels("ghost_removed").inc()
+            self._log(logging.WARNING, "bot %s was still listed by LiveKit after it left; removed it", identity)
 
     def _make_spec(self, cause: str, attempt: int) -> SessionSpec:
         settings = self.ctx.settings()
@@ -248,7 +301,7 @@ class RoomSession:
             room=self.room, session_id=uuid.uuid4().hex, identity=bot_identity(), epoch=self.epoch,
             producer=self.ctx.producer, pipeline=self.pipeline, livekit_url=lk.url, api_key=lk.api_key,
             api_secret=lk.api_secret, token_ttl=lk.token_ttl, attempt=attempt, cause=cause,
-            stop_reason=self._stop.reason or "drained",
+            stop_reason=self._stop.reason or "drained", pipelines=settings.pipelines,
             end_timeout=max(1.0, min(10.0, settings.daemon.drain_timeout / 2)),
         )
 
@@ -272,7 +325,7 @@ class RoomSession:
         if not await self._still_holder():
             return None
         self.state = "ended"
-        if await self._control_call(self.ctx.control.end_room(self.room, self.desired)):
+        if await self._control_call(lambda: self.ctx.control.end_room(self.room, self.desired)):
             self._log(logging.INFO, "the call is over (%s); room removed from desired state", outcome.reason)
         return None
 
@@ -282,16 +335,30 @@ class RoomSession:
         self.state = "failed"
         why = f"{outcome.reason}: {outcome.detail}"
         self.ctx.metrics.errors.labels("room_failed").inc()
-        await self._control_call(self.ctx.control.mark_failed(self.room, self.desired, why))
+        await self._control_call(lambda: self.ctx.control.mark_failed(self.room, self.desired, why))
         self._log(logging.ERROR, "restart budget spent (%d within %.0fs); room marked failed: %s",
                   self._budget.budget, self._budget.window, why)
 
-    async def _control_call(self, call: Awaitable[bool]) -> bool:
-        try:
-            return await asyncio.wait_for(call, 5)
-        except REDIS_TROUBLE as exc:
-            self._log(logging.WARNING, "could not update desired state: %r", exc)
-            return False
+    async def _control_call(self, call: Callable[[], Awaitable[bool]]) -> bool:
+        """Change desired state, waiting out a Redis outage (False if a stop came first)."""
+        result = await self._through_outage(call, "update desired state")
+        return bool(result)
+
+    async def _through_outage(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """``call()`` again and again while Redis does not answer, until it does or a stop comes (None)."""
+        delay, said = 0.5, False
+        while True:
+            try:
+                return await asyncio.wait_for(call(), 5)
+            except REDIS_TROUBLE as exc:
+                if not said:
+                    self._log(logging.WARNING, "cannot %s yet (%r); retrying until Redis answers", what, exc)
+                    said = True
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return None
+            except asyncio.TimeoutError:
+                delay = min(delay * 2, 5.0)
 
     async def _wait_or_stop(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; True if a stop came first."""
@@ -301,44 +368,45 @@ class RoomSession:
             return False
         return self._restart_to is None
 
-    # --- the lease ------------------------------------------------------------------------------------------
-
-    async def _keep_lease(self) -> None:
-        loop = asyncio.get_running_loop()
-        ttl = self.ctx.leases.ttl
-        interval = ttl / 3
-        while True:
-            await asyncio.sleep(interval if loop.time() - self._last_renewed < interval * 1.5 else interval / 4)
-            sent = loop.time()
-            try:
-                renewed = await asyncio.wait_for(self.ctx.leases.renew(self.room, self.epoch), interval)
-            except REDIS_TROUBLE as exc:
-                if loop.time() - self._last_renewed >= ttl * 0.9:
-                    self._lose(f"lease not renewed for {ttl:.1f}s ({exc!r})")
-                    return
-                continue
-            if not renewed:
-                self._lose("lease taken over by another daemon")
-                return
-            self._last_renewed = sent
+    # --- the lease (renewed by the daemon's LeaseKeeper) ----------------------------------------------------
 
     async def _still_holder(self) -> bool:
-        """Renew the lease now: only the holder may change the room's desired state (end it, fail it)."""
-        try:
-            if await asyncio.wait_for(self.ctx.leases.renew(self.room, self.epoch), 5):
-                return True
-            self._lose("lease taken over by another daemon")
-        except REDIS_TROUBLE as exc:
-            self._lose(f"lease not confirmed ({exc!r})")
-        self.state = "lost"
+        """Renew the lease now: only the holder may change the room's desired state (end it, fail it). An
+        unreachable Redis is waited out (a stop ends the wait: False)."""
+        renewed = await self._through_outage(lambda: self.ctx.leases.renew(self.room, self.epoch),
+                                             "confirm the lease")
+        if renewed:
+            return True
+        if renewed is not None:
+            self.lose("lease taken over by another daemon")
+        self.state = "lost" if self.lease_lost else "ended"
         return False
 
-    def _lose(self, why: str) -> None:
+    def lose(self, why: str, reason: str = "lease_lost") -> None:
+        """The room is no longer ours (confirmed): stop the session at once, release nothing."""
+        if self.lease_lost:
+            return
         self.lease_lost = why
         self.ctx.metrics.errors.labels("lease_lost").inc()
         self._log(logging.ERROR, "%s; stopping the session", why)
         self._restart_to = None
-        self._stop.stop("lease_lost")
+        self._stop.stop(reason)
+
+    def store_unavailable(self, since: float, detail: str) -> Awaitable[None]:
+        """Note in the room's stream that Redis cannot be reached since ``since`` (written when it can)."""
+        return self._note(StoreUnavailable, since=since, detail=detail[:300])
+
+    def store_restored(self, since: float, down_for: float) -> Awaitable[None]:
+        return self._note(StoreRestored, since=since, down_for=round(down_for, 3))
+
+    async def _note(self, cls: type[StoreUnavailable] | type[StoreRestored], **fields: Any) -> None:
+        session = self.spec.session_id if self.spec is not None else ""
+        record = cls(room=self.room, session=session, ts=time.time(), producer=self.ctx.producer, epoch=self.epoch,
+                     **fields)
+        try:
+            await self.ctx.writer.append(record)
+        except Exception as exc:  # noqa: BLE001 - a note must never stop the keeper
+            self._log(logging.ERROR, "cannot record %s: %r", type(record).__name__, exc)
 
     async def _release(self) -> None:
         if self.lease_lost:

@@ -23,9 +23,9 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
 
-import redis.asyncio as aioredis
 from livekit import api as lkapi
 
+from eventstore.connection import connect
 from eventstore.keys import Keys
 from eventstore.reader import RoomReader
 from eventstore.records import Record, tag_of
@@ -40,15 +40,31 @@ BOT_PREFIX = "rs-bot-"
 FORCED_EXIT_DEADLINE = 4.0
 
 
+# The test pipelines, by name, as an operator registers theirs ([pipelines] in the config file). Daemon tests
+# join with these names (`--pipeline slow_leave`); transport tests pass them in SessionSpec.pipelines.
+TEST_PIPELINES: dict[str, str] = {
+    "handlers": "tests.pipelines:handlers",
+    "echo_handlers": "tests.pipelines:echo_handlers",
+    "hostile_handlers": "tests.pipelines:hostile_handlers",
+    "raising": "tests.pipelines:raising",
+    "broken_factory": "tests.pipelines:broken_factory",
+    "listen_probe": "tests.pipelines:listen_probe",
+    "slow_leave": "tests.daemon_pipelines:slow_leave",
+}
+
+
 def write_config(path: Path, redis_url: str, livekit_url: str, *, spool_dir: Path, daemon_id: str,
-                 http_port: int = 0, **daemon: Any) -> Path:
-    """A TOML config like an operator's: secrets stay out of it (they come from the environment)."""
+                 http_port: int = 0, pipelines: dict[str, str] | None = None, **daemon: Any) -> Path:
+    """A TOML config like an operator's: secrets stay out of it (they come from the environment). Its
+    ``[pipelines]`` table registers :data:`TEST_PIPELINES` (or ``pipelines``)."""
     settings = {"id": daemon_id, "http_port": http_port, "lease_ttl": 3.0, "drain_timeout": 20.0,
                 "reconcile_interval": 0.5, "rejoin_base": 0.2, "rejoin_max": 2.0, **daemon}
     lines = ["[livekit]", f'url = "{livekit_url}"', "", "[redis]", f'url = "{redis_url}"', "",
              "[writer]", f'spool_dir = "{spool_dir}"', "", "[daemon]"]
     for key, value in settings.items():
         lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+    lines += ["", "[pipelines]"]
+    lines += [f'{name} = "{target}"' for name, target in (TEST_PIPELINES if pipelines is None else pipelines).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -216,7 +232,7 @@ class Observer:
     """Reads what the daemons did: room streams, heartbeats, and LiveKit's participant lists."""
 
     def __init__(self, redis_url: str, livekit_url: str) -> None:
-        self.redis = aioredis.from_url(redis_url)
+        self.redis = connect(redis_url)  # retries once on a new connection: the tests restart Redis
         self.keys = Keys()
         self.reader = RoomReader(self.redis, self.keys)
         self.livekit = lkapi.LiveKitAPI(livekit_url, API_KEY, API_SECRET, failover=False)
@@ -234,6 +250,10 @@ class Observer:
             for room, view in beat.rooms.items():
                 out[room] = {**view, "daemon": beat.id}
         return out
+
+    async def ready(self, daemon_id: str) -> bool:
+        """The daemon's heartbeat says it is ready (its signal handlers are installed by then)."""
+        return any(b.id == daemon_id and b.state == "ready" for b in await read_heartbeats(self.redis, self.keys))
 
     async def bots(self, room: str) -> list[str]:
         """Identities of our bots that LiveKit lists in ``room``."""
@@ -266,3 +286,44 @@ class Observer:
     async def aclose(self) -> None:
         await self.livekit.aclose()
         await self.redis.aclose()
+
+
+class BotWatch:
+    """Polls LiveKit's participant list of every room every ``period`` seconds until stopped; remembers each
+    room's bot identities, every poll that showed two or more bots in a room (``duplicates``) and every poll
+    that showed none (``gaps``)."""
+
+    def __init__(self, observer: Observer, rooms: list[str], period: float = 0.2) -> None:
+        self.observer, self.rooms, self.period = observer, rooms, period
+        self.seen: dict[str, set[str]] = {room: set() for room in rooms}
+        self.duplicates: list[dict[str, list[str]]] = []
+        self.gaps: list[list[str]] = []
+        self.polls = 0
+        self._stop = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            bots = await self.observer.bots_by_room(self.rooms)
+            self.polls += 1
+            for room, identities in bots.items():
+                self.seen[room].update(identities)
+            if twice := {room: b for room, b in bots.items() if len(b) > 1}:
+                self.duplicates.append(twice)
+            if empty := [room for room, b in bots.items() if not b]:
+                self.gaps.append(empty)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.period)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self.task
+
+    async def __aenter__(self) -> BotWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.task.done():
+            await self.stop()

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from eventstore.records import (
     RECORD_TYPES, AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected,
     DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected,
-    ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, VideoTrackSubscribed,
+    ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, StoreRestored, StoreUnavailable,
+    VideoTrackSubscribed,
     VideoTrackUnsubscribed,
 )
 
@@ -34,7 +35,7 @@ PARTICIPANT_REASONS = ("CLIENT_INITIATED", "DUPLICATE_IDENTITY", "PARTICIPANT_RE
 NO_REASON = "UNKNOWN_REASON"  # what LiveKit reports for a full reconnect's synthetic departures
 # records after which a departure with no reason is still undecided (suspect); reconnecting decides it differently
 KEEPS_SUSPECTS = (ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed, VideoTrackUnsubscribed,
-                  CallStateUpdated)
+                  CallStateUpdated, StoreUnavailable, StoreRestored)
 SESSION_REASONS = ("left", "drained", "room_closed", "removed", "pipeline_error", "connection_lost",
                    "join_failed", "restart_budget_exhausted", "failed", "")
 BASE_TS = 1_700_000_000.0
@@ -499,6 +500,13 @@ class _Sim:
         if shape == "room_closed":
             self.h.world.clear()
 
+    def store_outage(self) -> None:
+        """The daemon lost Redis for a while and says so in the log: notes that change nothing for anyone."""
+        since = self.ts
+        self.emit(StoreUnavailable, since=since, detail="redis: connection refused")
+        if self.draw(st.booleans()):
+            self.emit(StoreRestored, since=since, down_for=self.ts - since)
+
     def feedback(self) -> None:
         """The transport feeding its own call_state_updated output back into the log."""
         self.emit(CallStateUpdated, state=self.h.state, previous="joining", phase=self.h.phase, cause="connected")
@@ -509,7 +517,7 @@ class _Sim:
             return ["start"]
         if h.bot == "away":
             return ["rejoin", "rejoin", "join_fails"]
-        names = ["data", "data", "feedback", "resume", "full_reconnect", "bounce", "bot_ends"]
+        names = ["data", "data", "feedback", "resume", "full_reconnect", "bounce", "bot_ends", "store_outage"]
         if len(h.world) < len(IDENTITIES):
             names += ["join"] * 4
         if h.world:

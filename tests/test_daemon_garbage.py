@@ -5,6 +5,7 @@ stays healthy and drains cleanly."""
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 import uuid
 
@@ -22,7 +23,7 @@ VALID = msgspec.json.encode({"pipeline": "listen", "since": 1.0})
 
 async def test_garbage_desired_entries_are_logged_once_and_skipped(tmp_path, redis_url, livekit_server):
     tag = uuid.uuid4().hex[:6]
-    good, later = f"good-{tag}", f"later-{tag}"
+    good, later, last = f"good-{tag}", f"later-{tag}", f"last-{tag}"
     garbage = {  # field -> value, and the warning the daemon writes about it
         b"\xff\xfe-" + tag.encode(): (VALID, f"entry b'\\xff\\xfe-{tag}' skipped, never claimed: room name is not "
                                              "valid UTF-8"),
@@ -35,17 +36,24 @@ async def test_garbage_desired_entries_are_logged_once_and_skipped(tmp_path, red
         await start_in_rooms(daemon, observer, [good], timeout=120)
         await observer.redis.hset(observer.keys.desired(), mapping={k: v for k, (v, _) in garbage.items()})
 
-        # The reconcile loop lives on: a room joined after the garbage is claimed and joined.
+        # The reconcile loop lives on: a room joined after the garbage is claimed and joined, and the join makes
+        # the daemon read all of desired state soon, where it finds the garbage.
         assert run_cli("join", later, config=daemon.config).returncode == 0
         await observer.wait_connected([later], timeout=60)
-        await asyncio.sleep(2.0)  # a few more reconcile passes (every 0.5 s): each entry is still reported once
+        await async_wait_until(lambda: all(w in daemon.log_tail(5000) for _, w in garbage.values()), 60,
+                               "every garbage entry reported", 0.3)
+        # Another join, another full read: each entry is still reported once.
+        reads = await _full_reads(daemon)
+        assert run_cli("join", last, config=daemon.config).returncode == 0
+        await observer.wait_connected([last], timeout=60)
+        await async_wait_until(lambda: _more_reads(daemon, reads), 60, "another full read of desired state", 0.3)
         log = daemon.log_tail(5000)
         for field, (_, warning) in garbage.items():
             assert log.count(warning) == 1, (field, warning)
         assert "unexpected error" not in log and "ended (" not in log
 
         held = await observer.held_rooms()
-        assert sorted(held) == sorted([good, later]) and all(v["state"] == "running" for v in held.values())
+        assert sorted(held) == sorted([good, later, last]) and all(v["state"] == "running" for v in held.values())
         status, body = await asyncio.to_thread(http_get, daemon.http_port, "/healthz")
         assert status == 200 and json.loads(body)["checks"]["loops"] is True, body
         listed = run_cli("rooms", "--json", config=daemon.config)
@@ -58,8 +66,18 @@ async def test_garbage_desired_entries_are_logged_once_and_skipped(tmp_path, red
         await daemon.sigterm_exits(0)
         for room in (good, later):
             assert (await observer.types(room))[-1] == "session_ended"
-        await async_wait_until(lambda: _no_bots(observer, [good, later]), 30, "our bots to leave")
+        await async_wait_until(lambda: _no_bots(observer, [good, later, last]), 30, "our bots to leave")
 
 
 async def _no_bots(observer, rooms: list[str]) -> bool:
     return not any((await observer.bots_by_room(rooms)).values())
+
+
+async def _full_reads(daemon: DaemonProcess) -> float:
+    _, body = await asyncio.to_thread(http_get, daemon.http_port, "/metrics")
+    match = re.search(r"^room_supervisor_desired_full_reads_total (\S+)$", body.decode(), flags=re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _more_reads(daemon: DaemonProcess, than: float) -> bool:
+    return await _full_reads(daemon) > than

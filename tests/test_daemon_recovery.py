@@ -1,6 +1,7 @@
 """kill -9 the real daemon with 20 rooms, start it again: every desired room is joined again, and each room's
-stream says why (``session_started`` with cause ``takeover``: the lease of the dead instance ran out). The dead
-bots still listed by LiveKit are removed by the new holder."""
+stream says why (``session_started`` with cause ``takeover``: the restarted daemon, same id, takes the leases of
+its dead run back at once, with a new epoch). The dead bots still listed by LiveKit are removed by the new
+holder before its own join."""
 
 from __future__ import annotations
 
@@ -48,6 +49,6 @@ async def test_kill9_then_start_again_rejoins_every_room(tmp_path, redis_url, li
 
         await async_wait_until(only_new_bots, 90, "only the new bots in LiveKit", 1.0)
         # the new holder asked LiveKit to drop the dead bots instead of waiting for LiveKit to notice
-        assert "removed the previous holder's bot" in daemon.log_tail(2000)
+        assert "removed earlier bot(s) of ours from LiveKit before joining" in daemon.log_tail(2000)
 
         await daemon.sigterm_exits(0)

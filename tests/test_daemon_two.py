@@ -4,12 +4,11 @@ drains and the other takes its rooms over."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
 
-from daemonproc import DaemonProcess, Observer, observing, run_cli_many, start_in_rooms
+from daemonproc import BotWatch, DaemonProcess, Observer, observing, run_cli_many, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
 
@@ -18,45 +17,11 @@ pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(480)]
 ROOMS = 20
 
 
-class DuplicateWatch:
-    """Polls LiveKit for every room until stopped; remembers every time a room showed two bots."""
-
-    def __init__(self, observer: Observer, rooms: list[str]) -> None:
-        self.observer, self.rooms = observer, rooms
-        self.duplicates: list[dict[str, list[str]]] = []
-        self.polls = 0
-        self._stop = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            bots = await self.observer.bots_by_room(self.rooms)
-            self.polls += 1
-            twice = {room: b for room, b in bots.items() if len(b) > 1}
-            if twice:
-                self.duplicates.append(twice)
-            try:
-                await asyncio.wait_for(self._stop.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await self.task
-
-    async def __aenter__(self) -> DuplicateWatch:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if not self.task.done():
-            await self.stop()
-
-
 async def test_two_daemons_never_hold_the_same_room(tmp_path, redis_url, livekit_server):
     rooms = [f"two-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
     first = DaemonProcess(tmp_path / "a", redis_url, livekit_server.url, daemon_id="daemon-a", max_rooms=12)
     second = DaemonProcess(tmp_path / "b", redis_url, livekit_server.url, daemon_id="daemon-b", max_rooms=ROOMS)
-    async with observing(first, second) as observer, DuplicateWatch(observer, rooms) as watch:
+    async with observing(first, second) as observer, BotWatch(observer, rooms) as watch:
         run_cli_many([["join", room] for room in rooms], first.config)
 
         async def held_by() -> dict[str, str]:
@@ -138,3 +103,40 @@ async def _fenced(observer: Observer, room: str) -> bool:
 
 async def _no_bots(observer: Observer, room: str) -> bool:
     return await observer.bots(room) == []
+
+
+async def test_drain_and_takeover_ten_times_never_shows_two_bots(tmp_path, redis_url, livekit_server):
+    """Two daemons, 20 rooms: the one holding them drains (SIGTERM), the other takes every room over, the drained
+    one starts again (idle), and so on, 10 times. LiveKit never lists two of our bots in a room (polled every
+    200 ms), and when a drained daemon has exited 0, none of its bots is listed any more."""
+    rooms = [f"relay-{uuid.uuid4().hex[:6]}-{i}" for i in range(ROOMS)]
+    daemons = [DaemonProcess(tmp_path / name, redis_url, livekit_server.url, daemon_id=f"relay-{name}",
+                             max_rooms=ROOMS) for name in ("a", "b")]
+    async with observing(*daemons) as observer, BotWatch(observer, rooms) as watch:
+        run_cli_many([["join", room] for room in rooms], daemons[0].config)
+        holder, idle = daemons
+        holder.start()
+        await observer.wait_connected(rooms, timeout=180)
+        idle.start()
+        for _ in range(10):
+            seqs = {room: (await observer.records(room))[-1].seq for room in rooms}
+            await holder.sigterm_exits(0)
+            theirs = await _identities_of(observer, rooms, holder.id)
+            listed = {b for bots in (await observer.bots_by_room(rooms)).values() for b in bots}
+            assert not theirs & listed, (holder.id, sorted(theirs & listed))  # gone before the exit
+            await observer.wait_connected(rooms, timeout=120, after=seqs)
+            holder.start()  # back, idle: the next to take over
+            holder, idle = idle, holder
+        await async_wait_until(lambda: observer.ready(idle.id), 60, "the restarted daemon to be ready", 0.2)
+        await watch.stop()
+        assert watch.polls > 50 and watch.duplicates == [], watch.duplicates[:3]
+        for daemon in daemons:
+            await daemon.sigterm_exits(0)
+
+
+async def _identities_of(observer: Observer, rooms: list[str], daemon_id: str) -> set[str]:
+    identities = set()
+    for room in rooms:
+        identities |= {r.identity for r in await observer.records(room)
+                       if tag_of(r) == "session_started" and r.producer == daemon_id}
+    return identities

@@ -101,3 +101,61 @@ async def _granted(contender: Leases) -> bool:
 def test_owner_must_be_named(redis_url):
     with pytest.raises(InvalidLeaseOwner):
         Leases(aioredis.from_url(redis_url), Keys(), "", 1.0)
+
+
+async def test_a_restarted_daemon_takes_its_own_lease_back_at_once(redis):
+    """Same daemon id, new instance (a restart): the lease is taken back before it expires, with a new epoch;
+    another id still has to wait; a twin-free restart needs no TTL wait."""
+    before, after = leases(redis, "host-a/111", ttl=60), leases(redis, "host-a/222", ttl=60)
+    other = leases(redis, "host-b/333", ttl=60)
+    assert (await before.claim(ROOM)).epoch == 1
+    assert not (await other.claim(ROOM)).granted
+    back = await after.claim(ROOM)
+    assert (back.granted, back.status, back.epoch, back.previous_owner, back.cause) == (
+        True, "RECLAIM", 2, "host-a/111", "takeover")
+    assert not await before.renew(ROOM, 1)  # the earlier run, were it alive, learns it lost the room
+    no_slash = leases(redis, "host-a", ttl=60)  # an owner without an instance part never reclaims
+    assert not (await no_slash.claim(ROOM)).granted
+
+
+async def test_takeover_can_be_refused_while_holders_reassert_after_an_outage(redis):
+    a, b = leases(redis, "daemon-a/1", ttl=0.2), leases(redis, "daemon-b/1", ttl=5.0)
+    assert (await a.claim(ROOM)).epoch == 1
+    await async_wait_until(lambda: _expired(a), 10, "the lease to expire")
+    refused = await b.claim(ROOM, takeover=False)
+    assert (refused.granted, refused.status) == (False, "HELD")
+    assert await a.renew(ROOM, 1)  # the holder re-asserts its expired lease: same epoch
+    assert (await a.info(ROOM)).epoch == 1
+
+
+async def _expired(lease: Leases) -> bool:
+    info = await lease.info(ROOM)
+    seconds, micros = await lease.redis.time()
+    return info is not None and info.expires_ms < seconds * 1000 + micros // 1000
+
+
+async def test_the_claimable_index_follows_the_leases(redis):
+    """``due`` lists only rooms whose time has come: free ones, or expired leases; claims, renewals and releases
+    move a room's score (only for rooms in the index: a room left meanwhile is not put back)."""
+    keys = Keys()
+    a = leases(redis, "daemon-a/1", ttl=0.5)
+    rooms = ["idx-1", "idx {2}", "idx-3"]
+    await redis.zadd(keys.claimable(), {r.encode(): 1000 + i for i, r in enumerate(rooms)})
+    assert await a.due(10) == rooms  # oldest first
+    assert await a.due(2) == rooms[:2]
+    claim = await a.claim(rooms[0])
+    assert rooms[0] not in await a.due(10)
+    assert claim.expires_ms == int(await redis.zscore(keys.claimable(), rooms[0].encode()))
+    await async_wait_until(lambda: _is_due(a, rooms[0]), 10, "the lease to expire in the index")
+    renewed, not_held = await a.renew_many([(rooms[0], claim.epoch), (rooms[1], 7)])
+    assert renewed > claim.expires_ms and not_held == 0
+    assert rooms[0] not in await a.due(10)
+    assert await a.release(rooms[0], claim.epoch)
+    assert rooms[0] in await a.due(10)
+    await redis.zrem(keys.claimable(), rooms[2].encode())
+    await a.claim(rooms[2])
+    assert await redis.zscore(keys.claimable(), rooms[2].encode()) is None  # left meanwhile: stays out
+
+
+async def _is_due(lease: Leases, room: str) -> bool:
+    return room in await lease.due(10)

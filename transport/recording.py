@@ -45,6 +45,7 @@ class RecordingClient(LiveKitTransportClient):
         first = self._task_manager is None
         await super().setup(setup)
         if first:
+            self.room.connect = _shielded_connect(self.room)  # type: ignore[method-assign]
             self._details.attach(self.room)
             self.room.on("reconnecting", self._owner._on_rtc_reconnecting)
             self.room.on("reconnected", self._owner._on_rtc_reconnected)
@@ -54,6 +55,40 @@ class RecordingClient(LiveKitTransportClient):
         if self._connected and self._disconnect_counter <= 1:
             self._owner.local_stop = True
         await super().disconnect()
+
+
+_LEAVING: set[asyncio.Future[Any]] = set()  # connects cut short, still finishing so that they can leave
+
+
+def _shielded_connect(room: rtc.Room) -> Any:
+    """``room.connect`` that a cancellation cannot cut in the middle.
+
+    Once the server has accepted a connect, the rtc FFI waits for the Python side to say it is ready for room
+    events; a ``connect()`` cancelled in between (a drain or a leave while the bot is still joining) never says
+    it, and the FFI then panics and sends SIGTERM to the whole process, ending every call in it. So the real
+    connect runs in a task of its own: a cancelled caller gets its ``CancelledError`` at once, while the
+    connect finishes in the background and the bot then leaves."""
+    original = room.connect
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        task = asyncio.ensure_future(original(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            _LEAVING.add(task)
+            task.add_done_callback(lambda t: _leave_after(room, t))
+            raise
+
+    return connect
+
+
+def _leave_after(room: rtc.Room, connect: asyncio.Future[Any]) -> None:
+    _LEAVING.discard(connect)
+    if connect.cancelled() or connect.exception() is not None:
+        return
+    leave = asyncio.ensure_future(room.disconnect())
+    _LEAVING.add(leave)
+    leave.add_done_callback(_LEAVING.discard)
 
 
 class RecordingLiveKitTransport(LiveKitTransport):

@@ -7,7 +7,9 @@ why in a :class:`SessionOutcome`. What ends a session:
   bot leaves; reason ``drained``/``left`` as the caller says;
 - the server ends the bot's connection: room closed or deleted, bot removed (no rejoin), or the connection is
   lost for good (rejoin). pipecat keeps such a pipeline running; we cancel it;
-- the pipeline fails (an ``ErrorFrame`` or an exception in the factory): reason ``pipeline_error``;
+- the pipeline fails (an ``ErrorFrame`` or an exception in the factory): reason ``pipeline_error``; a pipeline
+  name that is not registered (built in, ``spec.pipelines``, entry points) is ``pipeline_error`` without rejoin,
+  and nothing is imported for it;
 - the pipeline ends by itself (the bot's own ``EndFrame``): reason ``left``.
 
 It never raises for a failing pipeline; only cancellation propagates.
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -43,6 +46,12 @@ _SERVER_REASONS: dict[str, tuple[str, bool]] = {
 }
 
 
+# Stop reasons after which the supervisor joins again at once (the stream says so: ``rejoin`` true).
+REJOINING_STOPS = frozenset({"bot_missing"})
+# Our reasons for a session that the server ended (it disconnected the bot itself).
+SERVER_ENDED = frozenset({*(ours for ours, _ in _SERVER_REASONS.values()), "connection_lost"})
+
+
 @dataclass(frozen=True)
 class SessionSpec:
     room: str
@@ -59,6 +68,9 @@ class SessionSpec:
     cause: str = "join"  # join | rejoin | restart | takeover
     stop_reason: str = "drained"  # reason recorded when `stop` ends the session, unless `stop.reason` says
     end_timeout: float = 10.0  # how long a graceful leave may take before the pipeline is cancelled
+    # name -> "module:function" registered by the daemon's settings ([pipelines]); `pipeline` is resolved
+    # through it, the built-ins and entry points only (transport.pipelines.load_pipeline)
+    pipelines: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ class _Session:
     def build(self) -> PipelineWorker:
         """Transport, user handlers and pipeline, before anything is recorded or joined."""
         spec = self.spec
-        definition = load_pipeline(spec.pipeline)
+        definition = load_pipeline(spec.pipeline, spec.pipelines)
         token = bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
         transport = RecordingLiveKitTransport(spec.livekit_url, token, spec.room, self.recorder,
                                               definition.params())
@@ -134,7 +146,7 @@ class _Session:
         if stop.is_set() and not ended.is_set() and not self.pipeline_error:
             reason = getattr(stop, "reason", "") or self.spec.stop_reason
             await self._end_gracefully(run_task, reason)
-            return SessionOutcome(reason, False)
+            return SessionOutcome(reason, reason in REJOINING_STOPS)
         await self._cancel(run_task)
         if self.pipeline_error:
             return SessionOutcome("pipeline_error", True, self.pipeline_error)

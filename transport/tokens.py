@@ -8,10 +8,13 @@ import secrets
 from livekit import api
 
 
-def bot_identity(prefix: str = "rs-bot") -> str:
+BOT_PREFIX = "rs-bot-"  # every bot identity starts so: a participant with it in a room is one of ours
+
+
+def bot_identity() -> str:
     """A fresh identity for one session, so a rejoin never collides with a stale copy of itself
     (LiveKit would disconnect the older one with DUPLICATE_IDENTITY)."""
-    return f"{prefix}-{secrets.token_hex(4)}"
+    return f"{BOT_PREFIX}{secrets.token_hex(4)}"
 
 
 def bot_token(api_key: str, api_secret: str, room: str, identity: str, *, ttl: float = 600.0,

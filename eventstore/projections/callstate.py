@@ -26,11 +26,11 @@ import msgspec
 from msgspec.structs import replace
 
 from ..records import (
-    AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected, Disconnected, FirstParticipantJoined,
+    BeforeDisconnect, CallStateUpdated, Connected, Disconnected, FirstParticipantJoined,
     ParticipantConnected, ParticipantDisconnected, ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded,
-    SessionStarted, VideoTrackUnsubscribed, tag_of,
+    SessionStarted, tag_of,
 )
-from .participants_model import Anomaly, is_suspect
+from .participants_model import KEEPS_SUSPECTS, Anomaly, is_suspect
 
 # state (Daily-compatible, plus reconnecting and failed)
 INITIALIZED: Final = "initialized"
@@ -56,9 +56,6 @@ FAILURE_REASONS: Final = frozenset(
     {"failed", "restart_budget_exhausted", "join_failed", "pipeline_error", "connection_lost"})
 # a session_started that may replace a session still live in the log without an anomaly
 TAKEOVER_CAUSES: Final = frozenset({"takeover"})
-# records that leave suspect departures undecided (see the module docstring); Reconnecting decides them itself
-_KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
-                                    VideoTrackUnsubscribed, CallStateUpdated, Reconnecting})
 
 
 class Cause(msgspec.Struct, frozen=True, gc=False):
@@ -198,7 +195,7 @@ class CallStateMachine:
     def apply(self, state: CallState, record: Record) -> CallState:
         handler = self._handlers.get(type(record))
         if state.suspect and record.room == state.room and (
-                type(record) not in _KEEPS_SUSPECTS
+                type(record) not in KEEPS_SUSPECTS
                 or (type(record) is Reconnecting and state.state not in (JOINING, JOINED, LEAVING))):
             return self._commit(state, record, handler)
         if handler is None:

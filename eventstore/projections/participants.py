@@ -40,9 +40,9 @@ from ..records import (
     VideoTrackUnsubscribed, tag_of,
 )
 from .participants_model import (
-    ABSENT_FROM_SNAPSHOT, ANOMALY_LIMIT, INFERRED, LEFT_WHILE_AWAY, LEFT_WHILE_RECONNECTING, OBSERVED,
-    SEEN_DISCONNECTED, SEEN_LEFT, SESSION_END, SUSPECT_REASONS, Anomaly, Departure, Pending, PersonStats, Present,
-    ParticipantsState, RoomCounters, Track, is_suspect, livekit_reason,
+    ABSENT_FROM_SNAPSHOT, ANOMALY_LIMIT, INFERRED, KEEPS_SUSPECTS, LEFT_WHILE_AWAY, LEFT_WHILE_RECONNECTING,
+    OBSERVED, SEEN_DISCONNECTED, SEEN_LEFT, SESSION_END, SUSPECT_REASONS, Anomaly, Departure, Pending, PersonStats,
+    Present, ParticipantsState, RoomCounters, Track, is_suspect, livekit_reason,
 )
 
 __all__ = [
@@ -58,9 +58,6 @@ _TRACK_RECORDS: Final = {AudioTrackSubscribed: ("audio", True), AudioTrackUnsubs
 
 
 _RANK: Final = {"": 0, "disconnected": 1, "UNKNOWN_REASON": 2}  # anything else is a real reason
-# records that leave suspect departures undecided (see the module docstring); Reconnecting decides them itself
-_KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
-                                    VideoTrackUnsubscribed, CallStateUpdated, Reconnecting})
 _CAN_RECONNECT: Final = ("connected", "joining")
 
 
@@ -236,7 +233,7 @@ class ParticipantTracker:
             return state
         if record.room != state.room:
             return _note(state, record, f"record for room {record.room!r}")
-        if state.suspect and (type(record) not in _KEEPS_SUSPECTS
+        if state.suspect and (type(record) not in KEEPS_SUSPECTS
                               or (type(record) is Reconnecting and state.bot not in _CAN_RECONNECT)):
             state = _commit(state, state.suspect)
         return handler(state, record)

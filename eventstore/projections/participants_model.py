@@ -10,7 +10,10 @@ from typing import Final
 
 import msgspec
 
-from ..records import ParticipantDisconnected, ParticipantLeft
+from ..records import (
+    AudioTrackUnsubscribed, CallStateUpdated, ParticipantDisconnected, ParticipantLeft, Reconnecting, StoreRestored,
+    StoreUnavailable, VideoTrackUnsubscribed,
+)
 
 ANOMALY_LIMIT: Final = 20
 LEFT_WHILE_AWAY: Final = "left_while_bot_away"
@@ -26,6 +29,12 @@ SESSION_END: Final = "session_end"  # the bot's session ended for good; nobody s
 # LiveKit departure reasons that do not say anything: a full reconnect of the bot reports every remote participant
 # gone with one of these *before* its ``reconnecting``, so such a departure is only *suspect* until the next record.
 SUSPECT_REASONS: Final = frozenset({"", "UNKNOWN_REASON"})
+# Records that leave suspect departures undecided (both reducers): the rest of a departure's pair, the
+# unsubscriptions that follow it, the call-state echo, and the daemon's notes about the event store, which say
+# nothing about people. ``Reconnecting`` decides them itself.
+KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
+                                   VideoTrackUnsubscribed, CallStateUpdated, Reconnecting, StoreUnavailable,
+                                   StoreRestored})
 
 
 def livekit_reason(record: ParticipantDisconnected | ParticipantLeft) -> str:
