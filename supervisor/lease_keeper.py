@@ -64,8 +64,7 @@ class LeaseKeeper:
         if held:
             sent = loop.time()
             try:
-                expiries = await asyncio.wait_for(self.leases.renew_many([(s.room, s.epoch) for s in held]),
-                                                  interval)
+                expiries = await self._renew(held, interval)
             except REDIS_TROUBLE as exc:
                 await self._unreachable(held, exc)
                 await asyncio.sleep(PROBE_INTERVAL)
@@ -74,6 +73,17 @@ class LeaseKeeper:
         elif self.down_since is not None:
             self._back()
         await asyncio.sleep(interval)
+
+    async def _renew(self, held: list[RoomSession], timeout: float) -> list[int]:
+        """Renew the leases of ``held``; a failure is tried again at once (a pooled connection that died with an
+        earlier Redis process fails once and is replaced), unless Redis is known to be away already."""
+        pairs = [(s.room, s.epoch) for s in held]
+        try:
+            return await asyncio.wait_for(self.leases.renew_many(pairs), timeout)
+        except REDIS_TROUBLE:
+            if self.down_since is not None:
+                raise
+        return await asyncio.wait_for(self.leases.renew_many(pairs), timeout)
 
     async def _renewed(self, held: list[RoomSession], expiries: list[int], sent: float) -> None:
         kept = []
@@ -105,6 +115,9 @@ class LeaseKeeper:
 
     async def _restored(self, kept: list[RoomSession]) -> None:
         assert self.down_since is not None
+        # Idle pooled connections may belong to the Redis process that went away: drop them now, rather than
+        # have each fail once in some other loop.
+        await self.leases.redis.connection_pool.disconnect(inuse_connections=False)
         since, down_for = self.down_since, time.time() - self.down_since
         for session in kept:
             if session in self._noted:
