@@ -20,6 +20,7 @@ from harness.fixtures import (  # noqa: E402,F401 - fixtures are found by name
     _rs_no_leaked_tasks,
     _rs_task_guard,
     bot_factory,
+    clients,
     fresh_livekit,
     fresh_redis,
     livekit_server,

@@ -13,6 +13,8 @@ The usual shape of a daemon test::
 from __future__ import annotations
 
 import asyncio
+import re
+import urllib.request
 import contextlib
 import os
 import signal
@@ -161,6 +163,18 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+    async def full_reads(self) -> float:
+        """``room_supervisor_desired_full_reads_total`` from the daemon's /metrics (0 when it does not answer)."""
+        def get() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as resp:
+                    return resp.read().decode()
+            except OSError:
+                return ""
+
+        match = re.search(r"^room_supervisor_desired_full_reads_total (\S+)$", await asyncio.to_thread(get), re.M)
+        return float(match.group(1)) if match else 0.0
 
     def log_tail(self, lines: int = 80) -> str:
         return tail(self.log_path, lines)

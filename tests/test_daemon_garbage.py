@@ -5,7 +5,6 @@ stays healthy and drains cleanly."""
 from __future__ import annotations
 
 import asyncio
-import re
 import json
 import uuid
 
@@ -43,7 +42,7 @@ async def test_garbage_desired_entries_are_logged_once_and_skipped(tmp_path, red
         await async_wait_until(lambda: all(w in daemon.log_tail(5000) for _, w in garbage.values()), 60,
                                "every garbage entry reported", 0.3)
         # Another join, another full read: each entry is still reported once.
-        reads = await _full_reads(daemon)
+        reads = await daemon.full_reads()
         assert run_cli("join", last, config=daemon.config).returncode == 0
         await observer.wait_connected([last], timeout=60)
         await async_wait_until(lambda: _more_reads(daemon, reads), 60, "another full read of desired state", 0.3)
@@ -73,11 +72,5 @@ async def _no_bots(observer, rooms: list[str]) -> bool:
     return not any((await observer.bots_by_room(rooms)).values())
 
 
-async def _full_reads(daemon: DaemonProcess) -> float:
-    _, body = await asyncio.to_thread(http_get, daemon.http_port, "/metrics")
-    match = re.search(r"^room_supervisor_desired_full_reads_total (\S+)$", body.decode(), flags=re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 async def _more_reads(daemon: DaemonProcess, than: float) -> bool:
-    return await _full_reads(daemon) > than
+    return await daemon.full_reads() > than

@@ -89,7 +89,8 @@ async def test_an_idle_daemon_costs_few_commands_and_still_takes_over(tmp_path, 
             await async_wait_until(lambda: holder.rounds > 0, 30, "the holder's first round", 0.1)
             daemon.start()
             await async_wait_until(lambda: observer.ready(daemon.id), 60, "the idle daemon's heartbeat", 0.3)
-            await asyncio.sleep(2)  # past its start-up reads
+            # past its start-up reads: its first reconcile pass (a full read of desired state) is done
+            await async_wait_until(lambda: _read_once(daemon), 60, "the daemon's first full read", 0.3)
             seconds = 10.0
             commands = await _commands_of(redis, f"room-supervisor:{daemon.id}", seconds)
             rate = sum(commands.values()) / seconds
@@ -165,3 +166,8 @@ async def _commands_of(redis, client_name: str, seconds: float) -> Counter[str]:
 async def _owned_by(observer: Observer, room: str, daemon_id: str) -> bool:
     owner = await observer.redis.hget(observer.keys.lease(room), "owner")
     return owner is not None and owner.decode().startswith(daemon_id + "/")
+
+
+
+async def _read_once(daemon: DaemonProcess) -> bool:
+    return await daemon.full_reads() >= 1

@@ -15,7 +15,6 @@ from collections import defaultdict
 import pytest
 
 from eventstore.codec import decode_entry
-from eventstore.connection import connect
 from eventstore.keys import Keys
 from eventstore.records import ParticipantConnected
 from eventstore.spool import Spool
@@ -59,19 +58,6 @@ class Burst:
             assert [x.participant_id for x in got] == self.sent[room], room
             assert await r.hget(KEYS.meta(room), "seq") == str(len(got)).encode()
         assert not await r.exists(KEYS.dead())
-
-
-@pytest.fixture
-async def clients():
-    made = []
-
-    def make(url: str, **kw):
-        made.append(connect(url, connect_timeout=1.0, **kw))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.aclose()
 
 
 async def test_kill_9_during_burst_then_restart(fresh_redis, tmp_path, clients):

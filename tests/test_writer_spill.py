@@ -7,7 +7,6 @@ import msgspec
 import pytest
 
 from eventstore.codec import decode_entry, encode_for_append
-from eventstore.connection import connect
 from eventstore.keys import Keys
 from eventstore.records import ParticipantConnected
 from eventstore.spool import Spool, SpoolError, SpoolUnit
@@ -26,19 +25,6 @@ def frame_size(records: int) -> int:
     """Bytes one spool frame takes for a unit of ``records`` records like ``rec`` makes (token as the writer's)."""
     unit = SpoolUnit("a", "p:0123abcd:99", 0, [encode_for_append(rec("a", n)) for n in range(records)])
     return 8 + len(msgspec.msgpack.encode(unit))
-
-
-@pytest.fixture
-async def clients():
-    made = []
-
-    def make(url: str, **kw):
-        made.append(connect(url, connect_timeout=1.0, **kw))
-        return made[-1]
-
-    yield make
-    for c in made:
-        await c.aclose()
 
 
 async def room_ids(r, room: str) -> list[str]:

@@ -47,6 +47,23 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
+async def clients():
+    """``make(url, **kw)`` -> a Redis client (``eventstore.connection.connect``, 1 s connect timeout); all are
+    closed after the test."""
+    from eventstore.connection import connect
+
+    made = []
+
+    def make(url: str, **kw):
+        made.append(connect(url, connect_timeout=1.0, **kw))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.aclose()
+
+
+@pytest.fixture
 def fresh_redis(tmp_path) -> Iterator[RedisServer]:
     """A private redis-server (appendonly, fsync always) this test may kill and restart."""
     with running(RedisServer(tmp_path / "fresh-redis", appendonly=True), ACTIVE_REDIS) as server:
