@@ -188,13 +188,16 @@ def run_on_uvloop(coro: Coroutine[Any, Any, int]) -> int:
         return runner.run(coro)
 
 
-def exit_now(code: int) -> NoReturn:
-    """End the process at once after a forced drain (the daemon is closed: its spool written and unlocked).
+def exit_now(code: int, *, forced: bool = True) -> NoReturn:
+    """End the process at once once the daemon is closed (its spool written and unlocked, its bots gone or,
+    when ``forced``, cut off).
 
     Returning from the event loop would make asyncio cancel, then wait without bound for, every task still
     running (a session's pipeline still leaving LiveKit, pipecat's own tasks) and the default executor's
-    threads."""
-    log.warning("forced exit (code %d); sessions still leaving LiveKit are cut off", code)
+    threads; and the rtc FFI's exit-time dispose has aborted a drained daemon with a Rust panic ("panic in a
+    function that cannot unwind", exit 134) although every room was already closed."""
+    if forced:
+        log.warning("forced exit (code %d); sessions still leaving LiveKit are cut off", code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -431,8 +431,7 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     keys_of(settings)
     daemon = Daemon(settings, reload=lambda: settings_from(args), burst=getattr(args, "burst", False))
     code = await daemon.run()
-    if daemon.forced or not await leftovers_end(LEFTOVER_WAIT):
-        from .cli import exit_now
+    ended = daemon.forced or await leftovers_end(LEFTOVER_WAIT)
+    from .cli import exit_now
 
-        exit_now(code)
-    return code
+    exit_now(code, forced=daemon.forced or not ended)
