@@ -9,28 +9,31 @@ at or below the checkpoint is never applied twice.
 
 Rooms with news come from the feed partitions this instance owns (see :mod:`eventstore.groups`) and, at start
 and whenever a partition is gained, from a scan of the room index for rooms behind their stream.
+
+:func:`materialized` reads the state the runner keeps. Rebuilding a state from zero instead (:func:`replay`,
+:func:`replay_many`) is :mod:`eventstore.replay`, re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Generic, Iterable, Sequence, TypeVar
+from typing import Generic, TypeVar
 
-import msgspec
 import redis.asyncio as aioredis
 
-from .codec import DecodeError, decode_entry
+from .connection import honour_cancellation
 from .deadletter import DeadLetters
 from .feed import load_partitions
 from .groups import FeedEntry, FeedGroup
 from .keys import Keys, partition_of
 from .projections.base import Projection, StateCodec
 from .reader import RoomReader, Undecodable, _next_id
-from .records import RECORD_TYPES, AnyRecord, DataReceived
+from .replay import replay, replay_many
+
+__all__ = ["Checkpoint", "ProjectionRunner", "ProjectionStore", "materialized", "replay", "replay_many"]
 
 log = logging.getLogger("eventstore")
 S = TypeVar("S")
@@ -51,19 +54,6 @@ def _stream_id(raw: bytes | str | None) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, n = text.partition("-")
     return (int(ms), int(n or 0))
-
-
-def _honour_cancellation() -> None:
-    """Raise ``CancelledError`` if this task was asked to cancel and the request got lost on the way.
-
-    On Python 3.11 ``asyncio.wait_for`` returns normally when the operation it waits for finishes in the same
-    loop turn as a ``cancel()`` (CPython gh-86296, fixed in 3.12), and redis-py sends every command through
-    ``wait_for``: a cancelled runner would go on consuming. ``Task.cancelling()`` still counts the request, so
-    the runner checks it between steps.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +195,7 @@ class ProjectionRunner(Generic[S]):
     async def _handle(self, entries: list[FeedEntry]) -> None:
         rooms = dict.fromkeys(f.get(b"room", b"").decode("utf-8", "replace") for _, _, f in entries)
         for room in rooms:
-            _honour_cancellation()
+            honour_cancellation()
             await self._keep_leases()
             if room and self._owns(room):  # a partition lost meanwhile is its new owner's job
                 await self.catch_up_room(room)
@@ -219,7 +209,7 @@ class ProjectionRunner(Generic[S]):
                 log.info("%s: reclaimed %d pending notifications of partition %d", self.instance, len(pending), p)
                 await self._handle(pending)
         for room in await self.rooms_behind(gained, total):
-            _honour_cancellation()
+            honour_cancellation()
             await self._keep_leases()
             if self._owns(room):
                 await self.catch_up_room(room)
@@ -236,7 +226,7 @@ class ProjectionRunner(Generic[S]):
         next_rebalance = 0.0
         try:
             while not self._stop.is_set():
-                _honour_cancellation()
+                honour_cancellation()
                 if loop.time() >= next_rebalance:
                     gained, _ = await self.group.rebalance()
                     next_rebalance = self._renew_at = loop.time() + self.lease_ms / 3000
@@ -260,162 +250,8 @@ class ProjectionRunner(Generic[S]):
             pass
 
 
-async def replay(redis: aioredis.Redis, room: str, projection: Projection[S], *, keys: Keys | None = None,
-                 until: int | None = None) -> S:
-    """The state of ``room`` rebuilt from zero (optionally only up to sequence ``until``)."""
-    reader = RoomReader(redis, keys)
-    state = projection.initial(room)
-    async for record in reader.iter_room(room, 0, until=until):
-        state = projection.apply(state, record)
-    return state
-
-
 async def materialized(redis: aioredis.Redis, room: str, projection: Projection[S], *,
                        keys: Keys | None = None) -> tuple[S, int]:
     """The consumer-maintained state of ``room`` and the sequence number it reflects."""
     state, ckpt = await ProjectionStore(redis, projection, keys).load(room)
     return state, ckpt.seq
-
-
-async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: Sequence[Projection[Any]], *,
-                      keys: Keys | None = None, rooms_per_trip: int = 64, count: int = 1000,
-                      pause_gc: bool = True) -> dict[str, list[Any]]:
-    """Every room's state rebuilt from zero, for several projections at once: ``{room: [state per projection]}``.
-
-    The same states as ``replay(redis, room, p)`` for each room and projection (undecodable entries are skipped
-    and logged the same way), for a whole deployment at a time: the XRANGEs of ``rooms_per_trip`` rooms share a
-    round trip, and the next batch's request is sent before this one is folded (Redis works while Python
-    folds); replies are taken as hiredis parses them (no per-entry dicts), the records of a page are decoded in
-    one call, and each record is folded into every projection.
-
-    With ``pause_gc`` (the default) Python's cyclic garbage collector is paused while it runs (for the whole
-    process, so also for other tasks meanwhile): the entries, records and states it creates by the million hold
-    no reference cycles and are freed by reference counting, and collections triggered by that many allocations
-    traverse everything alive, which costs a tenth to a fifth of the time.
-    """
-    keys = keys or Keys()
-    reader = RoomReader(redis, keys)
-    applies = [p.apply for p in projections]
-    out: dict[str, list[Any]] = {}
-    todo = list(dict.fromkeys(rooms))
-    batches = [todo[i : i + rooms_per_trip] for i in range(0, len(todo), rooms_per_trip)]
-    if not batches:
-        return out
-    collecting = pause_gc and gc.isenabled()
-    if collecting:
-        gc.disable()
-    try:
-        async with _RawXrange(redis, keys, count) as ahead:
-            await ahead.send(batches[0])
-            for n, batch in enumerate(batches):
-                _honour_cancellation()
-                pages = await ahead.receive(len(batch))
-                if n + 1 < len(batches):
-                    await ahead.send(batches[n + 1])  # Redis prepares it while this batch is folded
-                states = {room: [p.initial(room) for p in projections] for room in batch}
-                start: dict[str, str] = {}
-                while batch:
-                    more = []
-                    for room, page in zip(batch, pages):
-                        current = states[room]
-                        records = await _decode_page(reader, room, page)
-                        for k, apply in enumerate(applies):
-                            state = current[k]
-                            for record in records:
-                                state = apply(state, record)
-                            current[k] = state
-                        if len(page) == count:  # a long room: its next page
-                            start[room] = _next_id(page[-1][0])
-                            more.append(room)
-                    batch = more
-                    if batch:
-                        async with _RawXrange(redis, keys, count) as extra:
-                            await extra.send(batch, start)
-                            pages = await extra.receive(len(batch))
-                out.update(states)
-    finally:
-        if collecting:
-            gc.enable()
-    return out
-
-
-class _RawXrange:
-    """XRANGEs on a connection of ``redis``'s pool, sent and received separately; replies as hiredis parses
-    them (lists, no response callbacks). A connection left with replies unread (an error, a cancellation) is
-    disconnected before it goes back to the pool."""
-
-    def __init__(self, redis: aioredis.Redis, keys: Keys, count: int) -> None:
-        self._pool = redis.connection_pool
-        self._keys = keys
-        self._count = count
-        self._conn: Any = None
-        self._unread = 0
-
-    async def __aenter__(self) -> _RawXrange:
-        self._conn = await self._pool.get_connection()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            if self._unread or exc[0] is not None:
-                await self._conn.disconnect()
-        finally:
-            await self._pool.release(self._conn)
-
-    async def send(self, rooms: list[str], start: dict[str, str] | None = None) -> None:
-        start = start or {}
-        commands = [("XRANGE", self._keys.events(room), start.get(room, "-"), "+", "COUNT", self._count)
-                    for room in rooms]
-        self._unread += len(commands)
-        await self._conn.send_packed_command(self._conn.pack_commands(commands))
-
-    async def receive(self, n: int) -> list[Any]:
-        replies = []
-        for _ in range(n):
-            replies.append(await self._conn.read_response())
-            self._unread -= 1
-        return replies
-
-
-_page_decoder = msgspec.json.Decoder(list[AnyRecord])
-_force_setattr = msgspec.structs.force_setattr
-_TAG_BYTES: dict[type, bytes] = {cls: cls.__struct_config__.tag.encode() for cls in RECORD_TYPES}  # type: ignore
-
-
-async def _decode_page(reader: RoomReader, room: str, page: list[Any]) -> list[AnyRecord]:
-    """The records (seq > 0) of a page of raw XRANGE entries ``[id, [field, value, ...]]``, in order.
-
-    Entries in the writer's layout (``type, seq, rec[, data]``) are decoded together in one call and checked like
-    :func:`~eventstore.codec.decode_entry` checks them (the type and seq fields agree with the record); anything
-    else, or a page with a bad entry, goes through ``decode_entry`` one by one (bad entries are reported)."""
-    flats = [entry[1] for entry in page]
-    try:
-        records = _page_decoder.decode(b"[" + b",".join([f[5] for f in flats]) + b"]")
-        tags = _TAG_BYTES
-        if (len(records) == len(flats)  # not: a field holding more than one JSON value
-                and [f[1] for f in flats] == [tags[type(r)] for r in records]
-                and [int(f[3]) for f in flats] == [r.seq for r in records]
-                and all(f[0] == b"type" and f[2] == b"seq" and f[4] == b"rec" for f in flats)):
-            for record, f in zip(records, flats):
-                if len(f) == 6:
-                    if type(record) is DataReceived:
-                        raise ValueError("data_received without its data field")
-                elif len(f) == 8 and f[6] == b"data" and type(record) is DataReceived:
-                    # the payload is its own field (the JSON has "data":""); the record is ours alone so far
-                    _force_setattr(record, "data", f[7])
-                else:
-                    raise ValueError("unexpected fields")
-            return [r for r in records if r.seq > 0]
-    except (msgspec.DecodeError, IndexError, TypeError, ValueError):
-        pass
-    out = []
-    for entry_id, f in page:
-        fields = dict(zip(f[::2], f[1::2]))
-        try:
-            record = decode_entry(fields)
-        except DecodeError:
-            await reader.decode(room, entry_id, fields)  # reported like replay() does
-            continue
-        if record.seq > 0:
-            out.append(record)
-    return out

@@ -11,7 +11,7 @@ Layout (prefix ``rs`` by default)::
 
     rs:room:{<room>}:events          STREAM  the room's event log, source of truth
     rs:room:{<room>}:meta            HASH    seq (last sequence), last (last entry id), batch (last batch token)
-    rs:room:{<room>}:lease           HASH    owner, epoch (fencing), expires (ms); see supervisor.leases
+    rs:room:{<room>}:lease           HASH    owner, epoch (fencing), expires (ms); see supervisor.daemon.leases
     rs:room:{<room>}:state:<proj>    HASH    state (JSON), seq, id: a projection's state and its checkpoint
     rs:feed:<n>                      STREAM  notifications "room R has events up to seq S" for partition n
     rs:feed:partitions               STRING  the partition count, fixed by the first writer

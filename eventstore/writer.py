@@ -2,113 +2,52 @@
 
 ``append(record)`` encodes the record and returns at once: it waits for room in memory at most ``max_block``
 seconds, and while records go to the spool it waits for the spool's write (done in the spool's thread, one write
-for every append waiting at that moment). A flusher task sends, per round trip, one batch per room with pending records: each
-batch is one call of the append script (``append.lua``), which assigns the room's next sequence numbers and
-adds the entries atomically, plus a notification on the room's feed partition. Batches carry a token: a batch
-re-sent after an unclear failure is recognized and not written twice.
+for every append waiting at that moment). A flusher task sends, per round trip, one batch per room with pending
+records: each batch is one call of the append script (``append.lua``), which assigns the room's next sequence
+numbers and adds the entries atomically, plus a notification on the room's feed partition. Batches carry a
+token: a batch re-sent after an unclear failure is recognized and not written twice.
 
 When Redis is unreachable, records wait in memory up to ``max_pending``; past that (or on close) they go to
-the spool file, which is replayed in order when Redis answers again. Invariant: everything in memory is older
-than everything in the spool, so the flusher drains memory first. It holds because one task, the spool pump,
-makes every decision that involves the spool, in the order the records came: a record goes to memory only
-while the spool is empty and the pump idle; a spill moves *all* of memory to the spool in one all-or-nothing
-write (a failed spill leaves memory and spool as they were, so a room is never split between them); and while
-the spool holds anything, new records follow it there. The spool is replayed a window at a time (see
-``eventstore.spool``): one batch per room per round trip, each batch many spooled records.
+the spool file, which is replayed in order when Redis answers again. Everything in memory is older than
+everything in the spool, so the flusher drains memory first; the spool pump keeps that so (see
+:mod:`eventstore.spool_pump`). The spool is replayed a window at a time (see ``eventstore.spool``): one batch
+per room per round trip, each batch many spooled records.
+
+This module holds the class: its public API, its memory queues and the flusher. Its other parts are
+:mod:`eventstore.spool_pump` (the hand-off to the spool) and :mod:`eventstore.batches` (the queue and batch
+types, the round trip and settling its replies; also :class:`WriterStats` and the errors, re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
-from importlib import resources
-from typing import Callable
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ClusterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
-from redis.exceptions import TryAgainError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .codec import AppendArgs, encode_for_append, frame_batch
+from .batches import _APPEND_LUA  # noqa: F401 - re-exported: tests load the append script themselves
+from .batches import (
+    _UNREACHABLE, BatchSender, RecordsNotWritten, WriterClosed, WriterStats, WrittenHook, _Batch, _refused, _RoomQueue,
+)
+from .codec import AppendArgs, encode_for_append
 from .deadletter import DeadLetters
 from .feed import FeedNotifier
 from .keys import Keys
 from .records import Record
-from .spool import Spool, SpoolError, SpoolUnit
+from .spool import Spool, SpoolError
+from .spool_pump import SpoolPump, _ToSpool
+
+__all__ = ["EventWriter", "RecordsNotWritten", "WriterClosed", "WriterStats", "WrittenHook"]
 
 log = logging.getLogger("eventstore")
 
-_APPEND_LUA = resources.files("eventstore").joinpath("append.lua").read_text()
-_APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
 # ``append`` yields at every this many pending records: lets the flusher send while a tight producer loop goes on.
 _YIELD_EVERY = 1024
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
-# Refusals that describe the server's state, not the records (memory full, read-only replica, busy script,
-# failing persistence): waited out like an outage, never sent to dead letters. MASTERDOWN is a ClusterDownError.
-_REFUSED = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
-_BUSY_CODES = ("BUSY ", "MISCONF ", "NOREPLICAS ")
 
 
-def _refused(reply: object) -> bool:
-    return isinstance(reply, _REFUSED) or (isinstance(reply, ResponseError) and str(reply).startswith(_BUSY_CODES))
-
-
-class WriterClosed(RuntimeError):
-    """``append`` was called after ``aclose``."""
-
-
-class RecordsNotWritten(RuntimeError):
-    """The writer closed with records it could neither write to Redis nor spool (no spool configured)."""
-
-
-@dataclass
-class WriterStats:
-    appended: int = 0
-    written: int = 0
-    duplicates: int = 0
-    fenced: int = 0
-    spooled: int = 0
-    batches: int = 0
-    round_trips: int = 0  # pipelines sent to Redis
-    errors: int = 0
-
-
-@dataclass
-class _Batch:
-    room: str
-    token: str
-    epoch: int
-    items: list[AppendArgs]
-    enqueued: float = 0.0
-
-
-@dataclass
-class _RoomQueue:
-    items: deque[tuple[AppendArgs, int, float]] = field(default_factory=deque)
-    inflight: _Batch | None = None
-
-
-@dataclass
-class _ToSpool:
-    """A request to the spool pump: one record (room, epoch, args, when appended), or none (spill memory if it
-    is full); ``force``: spill whatever memory holds (at close)."""
-
-    item: tuple[str, int, AppendArgs, float] | None
-    force: bool = False
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-# Called after a batch is in Redis: (room, count, first_seq, last_seq, seconds since the oldest was appended).
-WrittenHook = Callable[[str, int, int, int, float], None]
-
-
-class EventWriter:
+class EventWriter(SpoolPump, BatchSender):
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -254,18 +193,6 @@ class EventWriter:
             if self._spool is not None:
                 await self._spool.aclose()
 
-    async def _spill_at_close(self) -> None:
-        if self._spool is None:
-            raise RecordsNotWritten(f"{self._pending} records not written and no spool configured")
-        log.warning("writer %s closing with Redis unreachable: %d records go to spool %s",
-                    self.producer, self._pending, self._spool.path)
-        try:
-            await self._to_spool(_ToSpool(None, force=True))
-        except SpoolError as exc:
-            raise RecordsNotWritten(f"{self._pending} records not written: {exc}") from exc
-        if self._pending:  # cannot happen while the invariant holds: older records never follow newer ones
-            raise RecordsNotWritten(f"{self._pending} records not written: the spool holds newer ones")
-
     # --- internals ----------------------------------------------------------------------------------------
 
     def _kick(self) -> None:
@@ -276,116 +203,8 @@ class EventWriter:
         self._token_seq += 1
         return f"{self._token_base}:{self._token_seq}"
 
-    def _spool_holds_data(self) -> bool:
-        return self._spool is not None and not self._spool.empty
-
-    def _spool_mode(self) -> bool:
-        """Records must go through the spool pump: the spool holds data, or the pump is deciding or writing."""
-        return self._spool is not None and (self._pump is not None or not self._spool.empty)
-
     def _has_work(self) -> bool:
         return self._pending > 0 or self._spool_holds_data()
-
-    # --- the spool pump: the one place that moves records into the spool -------------------------------------
-
-    async def _to_spool(self, request: _ToSpool) -> None:
-        """Hand ``request`` to the pump and wait for its outcome; the pump completes it even if this caller is
-        cancelled, so memory and spool stay consistent."""
-        request.done.add_done_callback(_retrieve)
-        self._inbox.append(request)
-        if self._pump is None:
-            self._pump = asyncio.create_task(self._run_pump(), name=f"EventWriter[{self.producer}].spool")
-        await asyncio.shield(request.done)
-
-    async def _pump_done(self) -> None:
-        if self._pump is not None:
-            await asyncio.gather(asyncio.shield(self._pump), return_exceptions=True)
-
-    async def _run_pump(self) -> None:
-        requests: list[_ToSpool] = []
-        try:
-            while self._inbox:
-                requests, self._inbox = self._inbox, []
-                try:
-                    await self._commit(requests)
-                except Exception as exc:  # noqa: BLE001 - SpoolError, or a bug: every waiter hears of it
-                    _settle_all(requests, exc)
-                else:
-                    _settle_all(requests, None)
-        finally:
-            self._pump = None
-            _settle_all(requests + self._inbox, SpoolError("the writer's spool pump stopped"))
-            self._inbox = []
-
-    async def _commit(self, requests: list[_ToSpool]) -> None:
-        """Decide, in order, where ``requests``' records go: memory if the spool is empty and memory has room,
-        else the spool (after all of memory, in the same write, if the spool was empty)."""
-        assert self._spool is not None
-        items = [r.item for r in requests if r.item is not None]
-        if self._spool.empty:
-            fits = self._pending < self.max_pending and self._pending + len(items) <= self.max_pending
-            if fits and not any(r.force for r in requests):
-                for room, epoch, args, enqueued in items:
-                    self._queue(room, args, epoch, enqueued)
-                if items:
-                    self._kick()
-                return
-            await self._spill(self._new_units(items))
-        elif items:
-            # Memory (if anything) is older than what the spool holds and is flushed first; these follow.
-            await self._spool.append(*self._new_units(items))
-            self.stats.spooled += len(items)
-            self._kick()
-
-    async def _spill(self, newer: list[SpoolUnit]) -> None:
-        """Move all of memory to the spool, followed by ``newer``, in one write: all or nothing. In-flight
-        batches go first, with their tokens, marked ``sent`` (replayed alone, so a batch Redis did write is
-        recognized as a retry); the flusher skips their replies. On :class:`SpoolError` memory is as it was."""
-        assert self._spool is not None
-        taken, count = self._rooms, self._pending
-        units = self._memory_units(taken) + newer
-        if not units:
-            return
-        self._rooms, self._pending = {}, 0
-        try:
-            await self._spool.append(*units)
-        except SpoolError:
-            # Nothing entered memory meanwhile (appends wait for the pump), so it goes back as it was.
-            self._rooms, self._pending = taken, count
-            raise
-        self.stats.spooled += count + sum(len(u.items) for u in newer)
-        self._space.set()
-        self._kick()
-
-    def _memory_units(self, rooms: dict[str, _RoomQueue]) -> list[SpoolUnit]:
-        units = []
-        for room, queue in rooms.items():
-            if queue.inflight is not None:
-                b = queue.inflight
-                units.append(SpoolUnit(room, b.token, b.epoch, b.items, sent=True))
-            units += self._units(room, [(epoch, args) for args, epoch, _ in queue.items])
-        return units
-
-    def _new_units(self, items: list[tuple[str, int, AppendArgs, float]]) -> list[SpoolUnit]:
-        per_room: dict[str, list[tuple[int, AppendArgs]]] = {}
-        for room, epoch, args, _ in items:
-            per_room.setdefault(room, []).append((epoch, args))
-        return [u for room, records in per_room.items() for u in self._units(room, records)]
-
-    def _units(self, room: str, records: list[tuple[int, AppendArgs]]) -> list[SpoolUnit]:
-        """A room's records as spool units: consecutive records with the same epoch, up to ``max_batch`` each."""
-        units: list[SpoolUnit] = []
-        items: list[AppendArgs] = []
-        epoch = 0
-        for e, args in records:
-            if items and (e != epoch or len(items) >= self.max_batch):
-                units.append(SpoolUnit(room, self._next_token(), epoch, items))
-                items = []
-            epoch = e
-            items.append(args)
-        if items:
-            units.append(SpoolUnit(room, self._next_token(), epoch, items))
-        return units
 
     def _take_batch(self, room: str, queue: _RoomQueue) -> _Batch:
         first_args, epoch, enqueued = queue.items.popleft()
@@ -481,62 +300,3 @@ class EventWriter:
                 self._settle(batch, reply)
             await self._dead.flush()
         await self._spool.consumed(window)
-
-    async def _send(self, batches: list[_Batch]) -> list[object]:
-        pipe = self._redis.pipeline(transaction=False)
-        for b in batches:
-            pipe.evalsha(_APPEND_SHA, 3, self.keys.events(b.room), self.keys.meta(b.room),
-                         self.keys.lease(b.room), b.epoch, -1, b.token, self._maxlen, frame_batch(b.items))
-        await self._feed.notify(pipe, [b.room for b in batches])
-        replies = await pipe.execute(raise_on_error=False)
-        self.stats.round_trips += 1
-        self.stats.batches += len(batches)
-        for r in replies:
-            if isinstance(r, _UNREACHABLE) or _refused(r):
-                raise r  # nothing is settled: the same batches (same tokens) are sent again later
-        replies = replies[: len(batches)]
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            # First use, or Redis restarted (cheaper than SCRIPT EXISTS per round trip); they did not run.
-            await self._redis.script_load(_APPEND_LUA)
-            again = await self._send([batches[i] for i in missing])
-            for i, r in zip(missing, again):
-                replies[i] = r
-        return replies
-
-    def _settle(self, batch: _Batch, reply: object) -> None:
-        if isinstance(reply, ResponseError) or not isinstance(reply, list):
-            log.error("room %r: append refused (%s); %d records to dead letters", batch.room, reply,
-                      len(batch.items))
-            self._dead.later(batch.room, batch.items, f"append_error: {reply}")
-            return
-        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        if status in ("OK", "DUP"):
-            first, last = int(reply[1]), int(reply[2])
-            if status == "DUP":
-                self.stats.duplicates += len(batch.items)
-            else:
-                self.stats.written += len(batch.items)
-            if self._on_written is not None and batch.enqueued:
-                self._on_written(batch.room, len(batch.items), first, last, time.monotonic() - batch.enqueued)
-            return
-        self.stats.fenced += len(batch.items)
-        log.error("room %r: append %s (reply %r); %d records to dead letters", batch.room, status, reply,
-                  len(batch.items))
-        self._dead.later(batch.room, batch.items, f"{status.lower()}: epoch {batch.epoch}, reply {reply!r}")
-
-
-def _settle_all(requests: list[_ToSpool], exc: BaseException | None) -> None:
-    for r in requests:
-        if r.done.done():
-            continue
-        if exc is None:
-            r.done.set_result(None)
-        else:
-            r.done.set_exception(exc)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """A waiter may be gone (cancelled): its request's outcome must not be reported as never retrieved."""
-    if not future.cancelled():
-        future.exception()

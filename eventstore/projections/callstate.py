@@ -30,7 +30,7 @@ from ..records import (
     ParticipantConnected, ParticipantDisconnected, ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded,
     SessionStarted, tag_of,
 )
-from .participants_model import KEEPS_SUSPECTS, Anomaly, is_suspect
+from .participants_model import ANOMALY_LIMIT, KEEPS_SUSPECTS, Anomaly, is_suspect
 
 # state (Daily-compatible, plus reconnecting and failed)
 INITIALIZED: Final = "initialized"
@@ -50,7 +50,6 @@ RESUME: Final = "resume"  # rtc is recovering the connection (reconnecting ... r
 REJOIN: Final = "rejoin"  # the session ended; the supervisor starts a new one (session_started ... connected)
 
 HISTORY_LIMIT: Final = 50
-ANOMALY_LIMIT: Final = 20
 # session_ended(rejoin=False) reasons that mean the bot did not leave the way anyone wanted.
 FAILURE_REASONS: Final = frozenset(
     {"failed", "restart_budget_exhausted", "join_failed", "pipeline_error", "connection_lost"})

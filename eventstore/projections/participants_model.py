@@ -15,7 +15,7 @@ from ..records import (
     StoreUnavailable, VideoTrackUnsubscribed,
 )
 
-ANOMALY_LIMIT: Final = 20
+ANOMALY_LIMIT: Final = 20  # both reducers keep this many of the latest anomalies
 LEFT_WHILE_AWAY: Final = "left_while_bot_away"
 LEFT_WHILE_RECONNECTING: Final = "left_while_reconnecting"
 ABSENT_FROM_SNAPSHOT: Final = "absent_from_snapshot"
