@@ -25,11 +25,12 @@ import redis.asyncio as aioredis
 
 from eventstore.keys import InvalidKeyPart, Keys, encode_name
 
-from .redisutil import text
+from .errors import InvalidRoomName, text
 
 log = logging.getLogger("supervisor")
 
 CONTROL_MAXLEN = 1000
+MAX_NAME_BYTES = 1024  # LiveKit's limit on a room name
 
 # KEYS[1] hash; ARGV: field, expected value ('' = must be absent), new value ('' = delete). Reply 1 done, 0 not.
 _CAS_FIELD = """
@@ -65,6 +66,25 @@ class DesiredState:
     rooms: dict[str, DesiredRoom]
     raw: dict[str, bytes]  # the JSON each entry was read as, for compare-and-set
     unreadable: dict[str, str]  # name -> why it is skipped (garbage written by hand?); never claimed
+
+
+def check_room_name(name: object) -> str:
+    """Return ``name`` if LiveKit would accept it as a room name, else raise :class:`InvalidRoomName`.
+
+    Any non-empty UTF-8 string without control characters is fine (spaces, unicode, ``:``, ``{}``, ``*``);
+    keys are built from it safely by :mod:`eventstore.keys`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRoomName(f"room name must be a non-empty string, got {name!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidRoomName(f"room name {name!r} contains control characters")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRoomName(f"room name {name!r} is not valid unicode text") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidRoomName(f"room name is {size} bytes long; at most {MAX_NAME_BYTES} are allowed")
+    return name
 
 
 def unusable_name(name: str) -> str:

@@ -2,7 +2,7 @@
 
 The daemon rewrites it every few seconds; when a daemon dies the key expires. ``room-supervisor rooms``
 reads every heartbeat to show which daemon holds which room and in which state. Two daemons with one id (which
-would take each other's rooms, see :mod:`supervisor.leases`) are caught here: at start a daemon waits while a
+would take each other's rooms, see :mod:`supervisor.daemon.leases`) are caught here: at start a daemon waits while a
 heartbeat under its id belongs to a process that is alive (on another host, or another pid on this one), and
 a running daemon that finds another instance's heartbeat under its id logs it as an error.
 """

@@ -15,12 +15,14 @@ what every error message goes through.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
-from urllib.parse import unquote
 from typing import Any, Iterable, Mapping
+from urllib.parse import unquote
 
 import msgspec
 
@@ -296,3 +298,29 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"redis.prefix: {exc}") from None
     if s.daemon.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"daemon.log_level must be DEBUG, INFO, WARNING or ERROR, got {s.daemon.log_level!r}")
+
+def set_level(level: str) -> None:
+    """Apply ``level`` (DEBUG, INFO, ...) to the root logger and to loguru, which pipecat logs through at DEBUG
+    to stderr by default (a flood in the journal with many rooms)."""
+    logging.getLogger().setLevel(level)
+    try:
+        from loguru import logger
+    except ImportError:
+        return
+    logger.remove()
+    logger.add(sys.stderr, level=level, format="{time:YYYY-MM-DD HH:mm:ss,SSS} {level} {name} {message}")
+
+
+def reloadable(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """The settings a running daemon adopts on SIGHUP, and what it cannot adopt without a restart.
+
+    [livekit] (used by the next sessions) and [daemon] apply at once, except the daemon's id and HTTP address;
+    [redis] and [writer] belong to connections and files already open.
+    """
+    later = [f"[{section}]" for section in ("redis", "writer") if getattr(new, section) != getattr(old, section)]
+    fixed = {name: getattr(old.daemon, name) for name in ("id", "http_host", "http_port")}
+    later += [f"daemon.{name}" for name, value in fixed.items() if getattr(new.daemon, name) != value]
+    daemon = msgspec.structs.replace(new.daemon, **fixed)
+    merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, consumer=new.consumer,
+                      pipelines=new.pipelines)
+    return merged, later

@@ -22,7 +22,7 @@ from eventstore.keys import Keys
 from eventstore.projections.base import Projection, fold
 from eventstore.records import Record
 from eventstore.writer import EventWriter
-from supervisor.localstack.util import async_wait_until
+from supervisor.devstack.util import async_wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # examples/ lives at the repository root, next to the packages

@@ -13,10 +13,7 @@ The usual shape of a daemon test::
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -25,18 +22,19 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
 
+from harness.livekit_server import API_KEY, API_SECRET
+from harness.util import async_wait_until
 from livekit import api as lkapi
 
 from eventstore.connection import connect
 from eventstore.keys import Keys
 from eventstore.reader import RoomReader
 from eventstore.records import Record, tag_of
-from harness.livekit_server import API_KEY, API_SECRET
-from harness.util import async_wait_until, free_port, tail
+from supervisor.devstack import daemon_process
 from supervisor.heartbeat import read_heartbeats
+from transport.tokens import BOT_PREFIX
 
-REPO = Path(__file__).resolve().parent.parent
-BOT_PREFIX = "rs-bot-"
+REPO = daemon_process.REPO
 # A forced exit (second SIGTERM) takes about half a second; this is generous for a loaded machine, and still
 # below the 5 s and more the earlier forced path took.
 FORCED_EXIT_DEADLINE = 4.0
@@ -55,29 +53,22 @@ TEST_PIPELINES: dict[str, str] = {
 }
 
 
+# The settings of a test daemon: short leases and quick retries, so that tests take seconds.
+TEST_DAEMON: dict[str, Any] = {"lease_ttl": 3.0, "drain_timeout": 20.0, "reconcile_interval": 0.5,
+                               "rejoin_base": 0.2, "rejoin_max": 2.0}
+
+
 def write_config(path: Path, redis_url: str, livekit_url: str, *, spool_dir: Path, daemon_id: str,
                  http_port: int = 0, pipelines: dict[str, str] | None = None, **daemon: Any) -> Path:
-    """A TOML config like an operator's: secrets stay out of it (they come from the environment). Its
-    ``[pipelines]`` table registers :data:`TEST_PIPELINES` (or ``pipelines``)."""
-    settings = {"id": daemon_id, "http_port": http_port, "lease_ttl": 3.0, "drain_timeout": 20.0,
-                "reconcile_interval": 0.5, "rejoin_base": 0.2, "rejoin_max": 2.0, **daemon}
-    lines = ["[livekit]", f'url = "{livekit_url}"', "", "[redis]", f'url = "{redis_url}"', "",
-             "[writer]", f'spool_dir = "{spool_dir}"', "", "[daemon]"]
-    for key, value in settings.items():
-        lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
-    lines += ["", "[pipelines]"]
-    lines += [f'{name} = "{target}"' for name, target in (TEST_PIPELINES if pipelines is None else pipelines).items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A test daemon's config file (:func:`supervisor.devstack.daemon_process.write_config` with
+    :data:`TEST_DAEMON` settings and :data:`TEST_PIPELINES`)."""
+    return daemon_process.write_config(
+        path, redis_url, livekit_url, spool_dir=spool_dir,
+        daemon={"id": daemon_id, "http_port": http_port, **TEST_DAEMON, **daemon},
+        pipelines=TEST_PIPELINES if pipelines is None else pipelines)
 
 
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RS_", "LIVEKIT_", "REDIS_", "NOTIFY_",
-                                                                       "WATCHDOG_", "ROOM_SUPERVISOR"))}
-    env.update({"LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET, "PYTHONPATH": str(REPO),
-                "PYTHONUNBUFFERED": "1"})
-    env.update(extra or {})
-    return env
+cli_env = daemon_process.clean_env
 
 
 def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None,
@@ -101,83 +92,23 @@ def run_cli_many(commands: Iterable[list[str]], config: Path, parallel: int = 4)
             assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{out}\n{err}"
 
 
-class DaemonProcess:
-    """One ``room-supervisor serve`` subprocess with its own config, spool dir, HTTP port and log file."""
+class DaemonProcess(daemon_process.DaemonProcess):
+    """The dev stack's daemon process with a test's settings (:data:`TEST_DAEMON`, :data:`TEST_PIPELINES`)."""
 
     def __init__(self, workdir: Path, redis_url: str, livekit_url: str, *, daemon_id: str | None = None,
-                 env: dict[str, str] | None = None, **daemon: Any) -> None:
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.redis_url, self.livekit_url = redis_url, livekit_url
-        self.id = daemon_id or f"test-{uuid.uuid4().hex[:8]}"
-        self.spool_dir = self.dir / "spool"
-        self.http_port = free_port()
-        self.config = write_config(self.dir / f"{self.id}.toml", redis_url, livekit_url,
-                                   spool_dir=self.spool_dir, daemon_id=self.id, http_port=self.http_port,
-                                   **daemon)
-        self.env = cli_env(env)
-        self.log_path = self.dir / f"{self.id}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> DaemonProcess:
-        self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it; closed when it exits
-        log.write(f"\n===== start #{self.starts}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve", "--config", str(self.config)],
-                                     cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    async def wait_exit(self, timeout: float) -> int:
-        assert self.proc is not None
-        await async_wait_until(lambda: self.proc.poll() is not None, timeout, f"daemon {self.id} to exit", 0.1)
-        return self.proc.returncode
+                 env: dict[str, str] | None = None, pipelines: dict[str, str] | None = None, **daemon: Any) -> None:
+        super().__init__(workdir, redis_url, livekit_url, daemon_id=daemon_id or f"test-{uuid.uuid4().hex[:8]}",
+                         env=env, pipelines=TEST_PIPELINES if pipelines is None else pipelines,
+                         **{**TEST_DAEMON, **daemon})
 
     async def sigterm_exits(self, code: int = 0, timeout: float = 60) -> None:
         """SIGTERM; the daemon must exit with ``code`` within ``timeout`` seconds."""
         self.signal(signal.SIGTERM)
         assert await self.wait_exit(timeout) == code, self.log_tail()
 
-    def stop(self) -> None:
-        """Teardown: SIGTERM, then SIGKILL after a while. Never raises."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(40)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
     async def full_reads(self) -> float:
         """``room_supervisor_desired_full_reads_total`` from the daemon's /metrics (0 when it does not answer)."""
-        def get() -> str:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as resp:
-                    return resp.read().decode()
-            except OSError:
-                return ""
-
-        match = re.search(r"^room_supervisor_desired_full_reads_total (\S+)$", await asyncio.to_thread(get), re.M)
-        return float(match.group(1)) if match else 0.0
-
-    def log_tail(self, lines: int = 80) -> str:
-        return tail(self.log_path, lines)
+        return await self.metric("room_supervisor_desired_full_reads_total")
 
 
 async def start_in_rooms(daemon: DaemonProcess, observer: Observer, rooms: list[str], *, pipeline: str = "",

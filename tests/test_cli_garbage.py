@@ -15,7 +15,6 @@ import redis as syncredis
 from daemonproc import REPO, DaemonProcess, cli_env, run_cli
 from harness.util import free_port, wait_until
 from supervisor.cli import main
-from transport.pipeline_names import BUILTIN_NAMES
 
 GOOD_ROOM = "keep me {1}"
 
@@ -74,12 +73,6 @@ def test_module_function_is_refused_with_how_to_register(desired, capsys, pipeli
     assert '[pipelines] table of the config file' in err and 'mybot = "mypkg.bot:factory"' in err
     assert "room_supervisor.pipelines" in err
     assert desired()
-
-
-def test_cli_knows_the_transports_builtin_pipelines():
-    from transport.pipelines import BUILTIN
-
-    assert sorted(BUILTIN_NAMES) == sorted(BUILTIN)
 
 
 @pytest.mark.parametrize(
@@ -159,6 +152,24 @@ def test_garbage_control_state_is_shown_and_skipped(desired, capsys, redis_url):
     assert code == 0
     assert shown["handmade"]["desired"] == {"error": "unreadable desired-state entry"}
     assert shown[GOOD_ROOM]["desired"]["pipeline"] == "echo"
+
+
+def test_rooms_lists_the_newest_recorded_rooms_when_there_are_too_many(desired, capsys, redis_url):
+    """``rs:rooms`` scores a room by when it was first recorded; past 1,000 rooms ``rooms`` shows the newest and
+    says how many there are."""
+    client = syncredis.Redis.from_url(redis_url)
+    try:
+        client.zadd("rs:rooms", {f"room-{i:04d}": 1_700_000_000 + i for i in range(1005)})
+    finally:
+        client.close()
+    assert main(["rooms", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    recorded = [name for name in shown["rooms"] if name.startswith("room-")]
+    assert shown["recorded_rooms"] == 1005 and len(recorded) == 1000
+    assert "room-1004" in recorded and "room-0004" not in recorded and "room-0005" in recorded
+    assert GOOD_ROOM in shown["rooms"]  # desired rooms are always listed
+    assert main(["rooms"]) == 0
+    assert "1005 rooms have recorded events; the newest 1000 are listed" in capsys.readouterr().out
 
 
 def test_redis_unreachable_is_a_clear_error(capsys, monkeypatch):

@@ -11,11 +11,11 @@ import types
 import pytest
 
 from harness.util import async_wait_until, free_port
-from supervisor import loops as loops_mod
-from supervisor.http import HttpEndpoint
-from supervisor.loops import Loops
-from supervisor.metrics import DaemonMetrics
-from supervisor.probes import LoopMonitor, Probes
+from supervisor.daemon import loops as loops_mod
+from supervisor.daemon.health import HttpEndpoint
+from supervisor.daemon.loops import Loops
+from supervisor.daemon.metrics import DaemonMetrics
+from supervisor.daemon.health import LoopMonitor, Probes
 
 from test_daemon_lifecycle import http_get
 
@@ -82,7 +82,7 @@ async def test_an_ended_loop_is_unhealthy(redis_url):
 
 
 async def test_the_watchdog_stops_pinging_once_a_loop_ended(tmp_path, redis_url):
-    from supervisor.daemon import Daemon
+    from supervisor.daemon.lifecycle import Daemon
     from supervisor.settings import load_settings
 
     settings = load_settings(environ={"REDIS_URL": redis_url, "RS_WRITER_SPOOL_DIR": str(tmp_path / "spool"),

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from supervisor.runtime_settings import reloadable
-from supervisor.session import RestartBudget, backoff_delay
+from supervisor.settings import reloadable
+from supervisor.daemon.loops import RestartBudget, backoff_delay
 from supervisor.settings import load_settings
 
 

@@ -85,7 +85,7 @@ async def _types_include(observer: Observer, room: str, tag: str) -> bool:
 async def test_aclose_is_safe_twice_and_after_a_failed_start(tmp_path, redis_url):
     import msgspec
 
-    from supervisor.daemon import Daemon, DaemonStartError
+    from supervisor.daemon.lifecycle import Daemon, DaemonStartError
     from supervisor.settings import load_settings
 
     settings = load_settings(environ={"REDIS_URL": redis_url, "RS_WRITER_SPOOL_DIR": str(tmp_path / "spool"),

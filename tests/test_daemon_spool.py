@@ -24,7 +24,7 @@ from eventstore.records import DataReceived, tag_of
 from eventstore.spool import Spool
 from eventstore.writer import EventWriter
 from harness.util import async_wait_until
-from supervisor.leases import Leases
+from supervisor.daemon.leases import Leases
 
 from test_daemon_lifecycle import http_get
 

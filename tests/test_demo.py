@@ -19,6 +19,11 @@ def test_demo_runs_end_to_end_and_prints_the_story(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     assert "the caller hears the bot echo the tone" in out
+    # each section was produced by the command it names: the real CLI, run by the demo
+    for command in ("join demo --pipeline echo", "leave demo", "events demo", "consume participants --until-caught-up",
+                    "consume call-state --until-caught-up", "state demo --check"):
+        assert f"$ room-supervisor {command}\n" in out, command
+    assert "participants: same at seq" in out and "call-state: same at seq" in out
     # the event stream, in the order the scenario made it
     kinds = re.findall(r"^\s+\d+\s+\S+\s+(\w+)", out, flags=re.M)
     assert kinds[0] == "session_started"
@@ -46,3 +51,13 @@ def test_demo_reports_a_missing_prerequisite_clearly(tmp_path):
                           timeout=60, env=env)
     assert proc.returncode == 4
     assert "redis-server is not installed" in proc.stderr and "apt-get install -y redis-server" in proc.stderr
+
+
+def test_demo_from_an_installed_wheel_says_to_use_a_checkout():
+    """The wheel has no dev stack (tests/test_layout.py); the demo then says where it runs instead of failing."""
+    code = ("import sys; sys.modules['supervisor.devstack'] = None\n"
+            "from supervisor.cli import main\nsys.exit(main(['demo', '--no-hold']))")
+    proc = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert "source checkout" in proc.stderr and "make demo" in proc.stderr

@@ -14,7 +14,7 @@ from eventstore.reader import RoomReader
 from eventstore.records import SessionStarted
 from eventstore.writer import EventWriter
 from harness.util import async_wait_until
-from supervisor.leases import InvalidLeaseOwner, Leases
+from supervisor.daemon.leases import InvalidLeaseOwner, Leases
 
 ROOM = "lease room {1}: ünï*"
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from supervisor.notify import Notifier
+from supervisor.daemon.notify import Notifier
 
 
 def receiver(address: str | bytes) -> socket.socket:

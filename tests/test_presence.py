@@ -10,8 +10,8 @@ import pytest
 from livekit import api as lkapi
 
 from harness.livekit_server import API_KEY, API_SECRET
-from supervisor.presence import PresenceCheck
-from supervisor.registry import SessionRegistry
+from supervisor.daemon.bots import PresenceCheck
+from supervisor.daemon.registry import SessionRegistry
 
 pytestmark = [pytest.mark.livekit]
 

@@ -59,3 +59,16 @@ def test_readme_record_table_names_every_record_type_and_field():
         for field in msgspec.structs.fields(cls):
             if field.name not in envelope:
                 assert f"`{field.name}`" in row, f"{tag}.{field.name} is missing from its README row"
+
+
+def test_readme_cli_section_names_every_command_and_flag():
+    from supervisor.cli.parser import build_parser
+
+    section = README[README.index("### CLI"):README.index("### Python SDK")]
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in subparsers.choices.items():
+        assert f"room-supervisor {name}" in section, name
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert flag in section, f"{name} {flag} is missing from the README's CLI section"

@@ -1,9 +1,9 @@
-"""Test harness. The server, namespace and participant helpers live in ``supervisor.localstack`` (the demo uses
+"""Test harness. The server, namespace and participant helpers live in ``supervisor.devstack`` (the demo uses
 them too); they are aliased here so tests can keep importing ``harness.redis_server`` and friends."""
 
 import sys as _sys
 
-from supervisor.localstack import livekit_server, netns, participant, redis_server, util
+from supervisor.devstack import livekit_server, netns, participant, redis_server, util
 
 for _name, _module in {
     "util": util,

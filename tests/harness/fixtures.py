@@ -13,7 +13,7 @@ from .livekit_server import LiveKitServer, livekit_binary
 from .participant import Participant
 from .redis_server import RedisServer
 from .tasks import _rs_no_leaked_tasks, _rs_task_guard  # noqa: F401 - fixtures
-from supervisor.localstack.stack import sealed_mode
+from supervisor.devstack.stack import sealed_mode
 
 # Servers alive in the current test, whose log tails go into a failing test's report.
 ACTIVE_LIVEKIT: list[LiveKitServer] = []

@@ -2,7 +2,7 @@
 
 A RoomSession owns the room's lease (claimed by the reconcile loop) and runs one ``run_session`` after another:
 
-- the daemon's :class:`~supervisor.lease_keeper.LeaseKeeper` renews its lease; the session stops only on a
+- the daemon's :class:`~supervisor.daemon.lease_keeper.LeaseKeeper` renews its lease; the session stops only on a
   *confirmed* loss (Redis answers that another daemon holds the lease, or LiveKit removes the bot, or the
   keeper steps aside after ``outage_grace``), never because Redis is unreachable: then it goes on, its records
   wait in the writer, and the room's stream gets ``store_unavailable`` / ``store_restored`` notes. On a loss the
@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -38,13 +36,14 @@ from eventstore.writer import EventWriter
 from transport.session import SERVER_ENDED, SessionOutcome, SessionSpec
 from transport.tokens import bot_identity
 
-from .control import Control, DesiredRoom
-from .ghosts import LiveKitUnreachable, ensure_gone, remove_other_bots
+from ..control import Control, DesiredRoom
+from ..errors import REDIS_TROUBLE
+from ..settings import Settings
+from .bots import LiveKitUnreachable, ensure_gone, remove_other_bots
 from .leases import Claim, Leases
+from .loops import RestartBudget, backoff_delay
 from .metrics import DaemonMetrics
-from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
-from .settings import Settings
 
 log = logging.getLogger("supervisor")
 
@@ -64,31 +63,6 @@ class StopSignal(asyncio.Event):
         if not self.is_set():
             self.reason = reason
             self.set()
-
-
-def backoff_delay(failures: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Capped exponential backoff with jitter: ``min(cap, base * 2**(failures-1))`` times 0.5..1."""
-    if failures <= 0:
-        return 0.0
-    ceiling = min(cap, base * 2 ** min(failures - 1, 30))
-    return ceiling * (0.5 + 0.5 * rand())
-
-
-class RestartBudget:
-    """At most ``budget`` restarts within any ``window`` seconds."""
-
-    def __init__(self, budget: int, window: float) -> None:
-        self.budget = budget
-        self.window = window
-        self._times: deque[float] = deque()
-
-    def spend(self, now: float) -> bool:
-        while self._times and self._times[0] <= now - self.window:
-            self._times.popleft()
-        if len(self._times) >= self.budget:
-            return False
-        self._times.append(now)
-        return True
 
 
 @dataclass

@@ -27,10 +27,10 @@ from typing import Callable
 
 from livekit import api as lkapi
 
-from .ghosts import LiveKitUnreachable, bots_in
+from ..errors import REDIS_TROUBLE
+from .bots import LiveKitUnreachable, bots_in
 from .leases import Leases
 from .metrics import DaemonMetrics
-from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .session import RoomSession
 

@@ -23,7 +23,7 @@ from eventstore.keys import Keys, decode_name, encode_name
 from eventstore.spool import Spool
 from eventstore.writer import EventWriter
 
-from .errors import SupervisorError
+from ..errors import SupervisorError
 
 log = logging.getLogger("supervisor")
 

@@ -1,4 +1,4 @@
-"""Our bots in LiveKit: making sure one that should be gone is gone.
+"""Our bots in LiveKit: making sure one that should be gone is gone, and one that should be there is.
 
 - After every session the daemon confirms with LiveKit's RoomService that the bot left (``ensure_gone``): a
   disconnect that never reached the server (a process that exits right after ``room.disconnect()``, a lost
@@ -8,18 +8,28 @@
   the room: LiveKit notices a client that vanished (``kill -9``, a crashed host) only after about 15 s. The new
   holder removes every bot of ours it finds there before its own joins (``remove_other_bots``), so the room
   has one bot of ours, not two. Bots are ours when their identity starts with ``rs-bot-``.
+
+A session whose bot LiveKit no longer lists joins again (:class:`PresenceCheck`). The rtc SDK can miss a disconnect. Measured after a LiveKit server restart: a bot that had rejoined the old
+server while it was shutting down was disconnected when it stopped (the rtc engine logged ``ServerShutdown``),
+but the Python ``Room`` never emitted ``disconnected``, so the session ran on for minutes with no bot in the
+room. So every :data:`INTERVAL` seconds the daemon asks LiveKit's RoomService about each session that has been
+running for a while; a bot that is not listed twice in a row makes its room end that session
+(``session_ended`` reason ``bot_missing``, rejoin) and start a new one (cause ``rejoin``). One RoomService call
+per room per interval, at most :data:`CONCURRENCY` at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Protocol, TypeVar
 
 import aiohttp
 from livekit import api as lkapi
 
 from transport.tokens import BOT_PREFIX
+
+from .registry import Registered, SessionRegistry
 
 log = logging.getLogger("supervisor")
 
@@ -107,3 +117,53 @@ async def remove_all(livekit: lkapi.LiveKitAPI, bots: list[tuple[str, str]], sec
     results = await asyncio.gather(*calls, return_exceptions=True)
     failed = sum(1 for r in results if isinstance(r, BaseException))
     return len(results) - failed, failed
+
+
+class Watched(Registered, Protocol):
+    """What :class:`PresenceCheck` needs of a room session."""
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def running_for(self) -> float: ...
+
+    def bot_missing(self) -> None: ...
+
+
+INTERVAL = 10.0  # s between two looks at a session's bot
+SETTLE = 15.0  # s a session runs before its bot is looked for (joining takes a while under load)
+CONCURRENCY = 8
+
+
+class PresenceCheck:
+    def __init__(self, registry: SessionRegistry[Watched], livekit: lkapi.LiveKitAPI, *,
+                 interval: float = INTERVAL, settle: float = SETTLE) -> None:
+        self.registry = registry
+        self.livekit = livekit
+        self.interval, self.settle = interval, settle
+        self._missing: dict[str, str] = {}  # room -> identity not listed at the last look
+        self._gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def step(self) -> None:
+        """One round over the running sessions, then the wait for the next (the daemon's loop runs it)."""
+        sessions = [s for s in (await self.registry.sessions()).values() if s.running_for >= self.settle]
+        seen = await asyncio.gather(*(self._look(s) for s in sessions))
+        missing = {}
+        for session, present in zip(sessions, seen):
+            if present is not False:
+                continue
+            if self._missing.get(session.room) == session.identity:
+                session.bot_missing()
+            else:
+                missing[session.room] = session.identity
+        self._missing = missing
+        await asyncio.sleep(self.interval)
+
+    async def _look(self, session: Watched) -> bool | None:
+        """Whether LiveKit lists the session's bot (None: LiveKit does not answer)."""
+        async with self._gate:
+            try:
+                return await listed(self.livekit, session.room, session.identity)
+            except LiveKitUnreachable:
+                return None

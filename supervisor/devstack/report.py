@@ -5,17 +5,19 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import subprocess
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import redis.asyncio as aioredis
 
-from eventstore.consumer import ProjectionRunner, replay
+from eventstore.consumer import materialized
 from eventstore.keys import Keys
-from eventstore.projections.callstate import CALL_STATE
-from eventstore.projections.participants import PARTICIPANTS
-from eventstore.reader import RoomReader
+from eventstore.projections import CALL_STATE, PARTICIPANTS, PROJECTIONS
 
-from .render import record_line
+
+class Run(Protocol):
+    """Runs ``room-supervisor ARGS`` and returns what it printed."""
+
+    def __call__(self, *args: str, ok: tuple[int, ...] = (0,)) -> Awaitable[str]: ...
 
 
 def _clock(ts: float | None) -> str:
@@ -60,21 +62,25 @@ def call_state_lines(state: Any) -> list[str]:
     return lines
 
 
-async def print_report(redis: aioredis.Redis, room: str, redis_port: int, say: Callable[[str], None]) -> None:
+async def print_report(redis: aioredis.Redis, room: str, redis_port: int, run: Run,
+                       say: Callable[[str], None]) -> None:
+    """Each section says which command produced it, and it was that command (``run`` runs the real CLI)."""
     keys = Keys()
-    say(f"\n=== events of room {room!r} (room-supervisor events {room}) ===")
-    for record in await RoomReader(redis, keys).read(room):
-        say(record_line(record))
-    for projection in (PARTICIPANTS, CALL_STATE):
-        await ProjectionRunner(redis, projection, keys=keys, block_ms=100).run(until_caught_up=True)
-    participants = await replay(redis, room, PARTICIPANTS, keys=keys)
-    calls = await replay(redis, room, CALL_STATE, keys=keys)
-    say("\n=== participants, rebuilt by `room-supervisor consume participants` ===")
+    say("\n=== the room's events ===")
+    say(await run("events", room))
+    say("\n=== the consumers, run until caught up ===")
+    for projection in PROJECTIONS:
+        await run("consume", projection, "--until-caught-up")
+    participants, _ = await materialized(redis, room, PARTICIPANTS, keys=keys)
+    calls, _ = await materialized(redis, room, CALL_STATE, keys=keys)
+    say(f"\n=== participants, as `consume participants` materialized them (`room-supervisor state {room}`) ===")
     for line in participant_lines(participants):
         say(line)
-    say("\n=== call state, rebuilt by `room-supervisor consume call-state` ===")
+    say(f"\n=== call state, as `consume call-state` materialized it (`room-supervisor state {room}`) ===")
     for line in call_state_lines(calls):
         say(line)
+    say("\n=== the materialized state against a replay of the log from zero ===")
+    say(await run("state", room, "--check", ok=(0, 3)))
     base = keys.room_base(room)
     say("\n=== the same log in redis-cli (first two entries) ===")
     say(f"$ redis-cli -p {redis_port} XRANGE '{base}:events' - + COUNT 2")

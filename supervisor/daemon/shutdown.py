@@ -3,7 +3,8 @@
 A drain (first SIGTERM) gives sessions ``drain_timeout`` to leave gracefully, cancels those still running and
 gives them :data:`CANCEL_WAIT` more to leave LiveKit. A forced exit (a second SIGTERM, or SIGINT) cuts every one
 of these waits to :data:`FORCED_WAIT`, gives the writer as long to send what it holds (the rest stays in its
-spool, replayed by the next start), and has the CLI end the process (`supervisor.cli.exit_now`): exit code 1, about a second
+spool, replayed by the next start), removes the bots from LiveKit
+(:func:`remove_bots_now`), and the CLI ends the process: exit code 1, about a second
 after the signal.
 """
 
@@ -13,6 +14,9 @@ import asyncio
 import logging
 from typing import Iterable
 
+from livekit import api as lkapi
+
+from .bots import remove_all
 from .session import RoomSession
 
 log = logging.getLogger("supervisor")
@@ -20,6 +24,7 @@ log = logging.getLogger("supervisor")
 CANCEL_WAIT = 5.0  # s: how long cancelled sessions get to leave LiveKit (the drain's own bound aside)
 CLOSE_WAIT = 2.0  # s: the writer's last flush, and removing the heartbeat, at exit
 FORCED_WAIT = 0.3  # s: the bound of each of those steps on a forced exit (second SIGTERM, SIGINT)
+FORCED_REMOVE_WAIT = 0.6  # s: on a forced exit, how long LiveKit gets to remove the bots
 LEFTOVER_WAIT = 3.0  # s: how long tasks still running after a drain (a library's) may take to end
 
 
@@ -69,3 +74,12 @@ async def leftovers_end(seconds: float) -> bool:
         log.warning("%d task(s) did not end after the drain (%s); exiting without them", len(pending),
                     ", ".join(sorted(t.get_name() for t in pending))[:500])
     return not pending
+
+
+async def remove_bots_now(livekit: lkapi.LiveKitAPI, sessions: Iterable[RoomSession], daemon_id: str) -> None:
+    """A forced exit cannot wait for bots to leave (an exit right after a cut-short leave keeps a bot in LiveKit
+    for ~20 s): ask LiveKit to remove them all, in parallel, within :data:`FORCED_REMOVE_WAIT`."""
+    bots = [(s.room, s.identity) for s in sessions if s.identity]
+    removed, unconfirmed = await remove_all(livekit, bots, FORCED_REMOVE_WAIT)
+    log.warning("daemon %s: forced exit: %d bot(s) removed from LiveKit, %d not confirmed", daemon_id, removed,
+                unconfirmed)

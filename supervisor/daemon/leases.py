@@ -16,7 +16,7 @@ is below the lease's (a writer that lost its lease is fenced off).
 - ``release``: only the owner with the same epoch; clears owner and expiry, keeps the epoch.
 
 Besides the hashes, ``keys.claimable()`` indexes desired rooms by when they may be claimed, so a daemon looking
-for work reads the few rooms that are due instead of every desired room (see :mod:`supervisor.reconcile`).
+for work reads the few rooms that are due instead of every desired room (see :mod:`supervisor.daemon.reconcile`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import redis.asyncio as aioredis
 
 from eventstore.keys import Keys
 
-from .errors import SupervisorError
-from .redisutil import text
+from ..errors import SupervisorError, text
 
 # KEYS[1] lease hash; ARGV: owner, ttl ms, owner prefix of this daemon id ("<id>/"), takeovers allowed ("1"/"0").
 # Reply: {status, epoch, previous owner, expires ms}

@@ -6,7 +6,7 @@ One pass:
 1. reads the desired entries of the rooms this daemon holds (one HMGET) and stops sessions of rooms no longer
    desired (or marked failed), restarts those whose pipeline changed;
 2. if it has room for more (``max_rooms``), asks the claimable index (``rs:claimable``, see
-   :mod:`supervisor.leases`) for rooms that are due: desired and free, or whose lease has expired. Normally
+   :mod:`supervisor.daemon.leases`) for rooms that are due: desired and free, or whose lease has expired. Normally
    that is none, so an idle daemon beside another that holds a thousand rooms sends a few commands a second.
    It reads those rooms' desired entries, drops index entries of rooms no longer desired, and claims the
    rest, oldest desire first, pipelined; each granted claim becomes a RoomSession. A claim refused because the
@@ -27,12 +27,12 @@ import asyncio
 import logging
 from typing import Callable
 
-from .control import Control, DesiredRoom, DesiredState, shown
+from ..control import Control, DesiredRoom, DesiredState, shown
+from ..errors import REDIS_TROUBLE
+from ..settings import Settings
 from .leases import Claim, Leases
-from .redisutil import REDIS_TROUBLE
 from .registry import SessionRegistry
 from .session import RoomSession, SessionContext
-from .settings import Settings
 
 log = logging.getLogger("supervisor")
 

@@ -1,4 +1,5 @@
-"""The daemon's long-running loops (reconcile, control, heartbeat, reload, watchdog), kept alive.
+"""The daemon's long-running loops (reconcile, control, heartbeat, reload, watchdog), kept alive, and the pacing
+of retries: :func:`backoff_delay` and :class:`RestartBudget`.
 
 Each loop is a ``step`` coroutine function run again and again in a task of its own; a step does one pass and
 its own waiting. Redis trouble is each step's business (it knows whether to retry quietly). Anything else a
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections import deque
 from typing import Awaitable, Callable, Iterable
-
-from .session import backoff_delay
 
 log = logging.getLogger("supervisor")
 
@@ -23,6 +24,39 @@ Step = Callable[[], Awaitable[None]]
 
 ERROR_PAUSE_BASE = 1.0
 ERROR_PAUSE_MAX = 30.0
+
+
+def backoff_delay(failures: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Capped exponential backoff with jitter: ``min(cap, base * 2**(failures-1))`` times 0.5..1."""
+    if failures <= 0:
+        return 0.0
+    ceiling = min(cap, base * 2 ** min(failures - 1, 30))
+    return ceiling * (0.5 + 0.5 * rand())
+
+
+class RestartBudget:
+    """At most ``budget`` restarts within any ``window`` seconds."""
+
+    def __init__(self, budget: int, window: float) -> None:
+        self.budget = budget
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def spend(self, now: float) -> bool:
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+        if len(self._times) >= self.budget:
+            return False
+        self._times.append(now)
+        return True
+
+
+async def sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``event`` is set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
 
 
 class Loops:

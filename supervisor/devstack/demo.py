@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,15 +21,13 @@ import warnings
 from pathlib import Path
 
 from eventstore.connection import connect
-from eventstore.keys import Keys
 from eventstore.reader import RoomReader
 
-from .control import Control
-from .demo_report import print_report
-from .errors import CommandError
-from .localstack.participant import Participant
-from .localstack.stack import LocalStack
-from .localstack.util import free_port
+from ..errors import CommandError
+from .daemon_process import REPO, DaemonProcess
+from .participant import Participant
+from .report import print_report
+from .stack import LocalStack
 
 ROOM = "demo"
 
@@ -40,44 +36,22 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-class DaemonProcess:
-    """The daemon as a child process, as systemd would run it."""
+class Cli:
+    """The real ``room-supervisor`` commands, run as a person would, with the demo daemon's config."""
 
-    def __init__(self, stack: LocalStack, workdir: Path) -> None:
-        assert stack.redis and stack.livekit
-        self.log_path = workdir / "daemon.log"
-        self.http_port = free_port()
-        self.env = {
-            **os.environ,
-            "REDIS_URL": stack.redis.url,
-            "LIVEKIT_URL": stack.livekit.url,
-            "LIVEKIT_API_KEY": stack.api_key,
-            "LIVEKIT_API_SECRET": stack.api_secret,
-            "RS_WRITER_SPOOL_DIR": str(workdir / "spool"),
-            "RS_DAEMON_HTTP_PORT": str(self.http_port),
-            "RS_DAEMON_DRAIN_TIMEOUT": "10",
-            "RS_DAEMON_ID": "demo-daemon",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
 
-    def start(self) -> None:
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-
-    def stop(self, timeout: float = 20.0) -> tuple[int | None, float]:
-        if self.proc is None or self.proc.poll() is not None:
-            return (self.proc.returncode if self.proc else None), 0.0
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.proc.returncode, time.monotonic() - started
+    async def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+        say(f"$ room-supervisor {' '.join(args)}")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "supervisor.cli", *args, "--config", str(self.daemon.config), cwd=REPO,
+            env=self.daemon.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await proc.communicate()
+        if proc.returncode not in ok:
+            raise CommandError(f"demo: `room-supervisor {' '.join(args)}` exited {proc.returncode}: "
+                               f"{err.decode(errors='replace')[-2000:]}")
+        return out.decode(errors="replace").rstrip("\n")
 
 
 async def _wait_for(reader: RoomReader, room: str, predicate, timeout: float, what: str):
@@ -95,13 +69,13 @@ def _tags(records):
     return [type(r).__struct_config__.tag for r in records]
 
 
-async def _scenario(stack: LocalStack, hold: bool) -> None:
+async def _scenario(stack: LocalStack, cli: Cli, hold: bool) -> None:
     assert stack.redis and stack.livekit
     redis = connect(stack.redis.url)
     reader = RoomReader(redis)
     try:
-        await Control(redis, Keys()).join(ROOM, "echo")
-        say(f"==> room-supervisor join {ROOM} --pipeline echo; waiting for the bot to connect")
+        say(await cli.run("join", ROOM, "--pipeline", "echo"))
+        say("==> waiting for the bot to connect")
         await _wait_for(reader, ROOM, lambda rs: "connected" in _tags(rs), 60, "the bot to join the demo room")
         caller = Participant(stack.livekit.url, ROOM, "caller")
         await caller.join()
@@ -124,10 +98,10 @@ async def _scenario(stack: LocalStack, hold: bool) -> None:
         await _wait_for(reader, ROOM, lambda rs: _tags(rs).count("data_received") >= 4, 20, "the last message")
         await caller.leave()
         await _wait_for(reader, ROOM, lambda rs: _tags(rs).count("participant_left") >= 2, 30, "the second leave")
-        await Control(redis, Keys()).leave(ROOM)
-        say("==> room-supervisor leave demo; waiting for the bot to leave")
+        say(await cli.run("leave", ROOM))
+        say("==> waiting for the bot to leave")
         await _wait_for(reader, ROOM, lambda rs: "session_ended" in _tags(rs), 30, "the session to end")
-        await print_report(redis, ROOM, stack.redis.port, say)
+        await print_report(redis, ROOM, stack.redis.port, cli.run, say)
         if hold:
             say("\nThe local stack stays up so you can run these commands. Press Ctrl-C to stop everything.")
             await asyncio.Event().wait()
@@ -151,18 +125,21 @@ def run_demo(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         stack.start(say)
-        daemon = DaemonProcess(stack, workdir)
+        assert stack.redis and stack.livekit
+        daemon = DaemonProcess(workdir, stack.redis.url, stack.livekit.url, daemon_id="demo-daemon",
+                               env={"LIVEKIT_API_KEY": stack.api_key, "LIVEKIT_API_SECRET": stack.api_secret},
+                               drain_timeout=10.0)
         daemon.start()
-        say(f"==> room-supervisor serve started (pid {daemon.proc.pid if daemon.proc else '?'}, "
-            f"log {daemon.log_path}, metrics http://127.0.0.1:{daemon.http_port}/metrics)")
+        say(f"==> room-supervisor serve --config {daemon.config} started (pid {daemon.pid}, log {daemon.log_path}, "
+            f"metrics http://127.0.0.1:{daemon.http_port}/metrics)")
         hold = sys.stdin.isatty() and not args.no_hold
-        asyncio.run(_scenario(stack, hold))
+        asyncio.run(_scenario(stack, Cli(daemon), hold))
     except KeyboardInterrupt:
         interrupted = True
         say("\n==> interrupted; stopping everything")
     finally:
         if daemon is not None:
-            code, took = daemon.stop()
+            code, took = daemon.stop(20.0)
             say(f"==> daemon stopped with SIGTERM: exit {code} after {took:.1f}s")
         stack.stop()
         say("==> local redis-server and livekit-server stopped")

@@ -1,29 +1,11 @@
-"""The daemon: reconciles desired rooms into room sessions, one uvloop process for many rooms.
+"""Daemon: the life of one ``room-supervisor serve`` process (see :mod:`supervisor.daemon` for the whole story).
 
-Life of a daemon (``room-supervisor serve``):
-
-1. lock its spool, start the HTTP endpoint;
-2. wait until Redis and LiveKit answer; replay the spools of daemons that are gone, start the EventWriter and
-   wait until its own spool (left by an earlier run) is in Redis, each within ``drain_timeout``: spooled
-   records carry the epochs of their time, which a room refuses once claimed again; then ``READY=1``;
-3. reconcile every ``reconcile_interval`` seconds, and at once when a control command arrives: stop sessions
-   of rooms no longer desired, restart those whose pipeline changed, claim leases of desired rooms that are
-   due (up to ``max_rooms``) and start a RoomSession for each (:mod:`supervisor.reconcile`); renew every held
-   lease in one round trip and ride out Redis outages (:mod:`supervisor.lease_keeper`); heartbeat its state to
-   ``rs:daemon:<id>``. The id is stable across restarts (``daemon.id``, default: the host name), so a
-   restarted daemon takes its own rooms back at once instead of waiting for their leases to expire;
-4. on the first SIGTERM, drain: ``STOPPING=1``, every session leaves gracefully (``on_before_disconnect``),
-   LiveKit is asked until it no longer lists the bot (a lingering bot is removed), leases are released, the
-   writer flushes, all within ``drain_timeout``; exit 0 if everything ended in time and every bot is gone.
-   A second SIGTERM, or SIGINT, exits at once (about a second: sessions are cancelled, the writer gets a last
-   moment, what is not in Redis stays in the spool; exit 1). SIGHUP reloads the settings.
-
-Signal handlers only set state; all work happens in tasks.
+Signal handlers only set events; all work happens in tasks. :meth:`Daemon.run` returns the exit code, and the
+caller (the CLI) ends the process.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -42,31 +24,26 @@ from eventstore.keys import Keys
 from eventstore.spool import Spool
 from eventstore.writer import EventWriter, RecordsNotWritten
 
-from .control import Control
-from .drain import CLOSE_WAIT, FORCED_WAIT, LEFTOVER_WAIT, cancel_sessions, leftovers_end, wait_sessions
-from .errors import CommandError
-from .ghosts import remove_all
-from .heartbeat import Heartbeat, delete_heartbeat, read_heartbeat, twin, write_heartbeat
-from .http import HttpEndpoint
+from ..control import Control
+from ..errors import REDIS_TROUBLE, CommandError
+from ..heartbeat import Heartbeat, delete_heartbeat, read_heartbeat, twin, write_heartbeat
+from ..settings import Settings, SettingsError, reloadable, set_level
+from .bots import PresenceCheck
+from .health import HttpEndpoint, LoopMonitor, Probes
 from .lease_keeper import LeaseKeeper
 from .leases import Leases
-from .loops import Loops
-from .runtime_settings import reloadable, set_level
+from .loops import Loops, sleep_unless
 from .metrics import DaemonMetrics
 from .notify import Notifier
-from .presence import PresenceCheck
-from .probes import LoopMonitor, Probes
 from .reconcile import Reconciler
-from .redisutil import REDIS_TROUBLE
+from .recovery import SpoolUnavailable, flush_unless, own_spool, replay_before_claims
 from .registry import SessionRegistry
 from .session import STATES, RoomSession, SessionContext, SessionRunner
-from .settings import Settings, SettingsError
-from .spoolfiles import SpoolUnavailable, flush_unless, own_spool, replay_before_claims
+from .shutdown import CLOSE_WAIT, FORCED_WAIT, cancel_sessions, remove_bots_now, wait_sessions
 
 log = logging.getLogger("supervisor")
 
 EXIT_DRAINED, EXIT_NOT_DRAINED = 0, 1
-FORCED_REMOVE_WAIT = 0.6  # s: on a forced exit, how long LiveKit gets to remove the bots
 
 
 class DaemonStartError(CommandError):
@@ -211,7 +188,7 @@ class Daemon:
                 log.warning("daemon %s %s", self.id, text)
                 self.notifier.status(text[:200])
                 said = text
-            await self._sleep_unless(self.drain_requested, 1.0)
+            await sleep_unless(self.drain_requested, 1.0)
         return False
 
     async def _twin_problem(self) -> list[str]:
@@ -257,10 +234,7 @@ class Daemon:
             self.writer, max(0.1, deadline - loop.time()), self.force_requested))
         if self.forced:
             if self.livekit is not None:
-                removed, unconfirmed = await remove_all(
-                    self.livekit, [(s.room, s.identity) for s in sessions.values() if s.identity], FORCED_REMOVE_WAIT)
-                log.warning("daemon %s: forced exit: %d bot(s) removed from LiveKit, %d not confirmed", self.id,
-                            removed, unconfirmed)
+                await remove_bots_now(self.livekit, sessions.values(), self.id)
             log.warning("daemon %s: forced exit; the writer gets %.1fs, then what is not in Redis stays in the "
                         "spool", self.id, FORCED_WAIT)
         elif not flushed:
@@ -326,7 +300,7 @@ class Daemon:
                 log.warning("daemon %s: reconcile failed (%r); retrying", self.id, exc)
             self._reconcile_failing = True
         self._wake.clear()
-        await self._sleep_unless(self._wake, self.settings.daemon.reconcile_interval)
+        await sleep_unless(self._wake, self.settings.daemon.reconcile_interval)
 
     async def reconcile_once(self) -> None:
         reads = self.reconciler.full_reads
@@ -412,26 +386,3 @@ class Daemon:
                       "; ".join(problems))
         await asyncio.sleep(self.settings.daemon.watchdog_interval or self.notifier.watchdog_interval or 1.0)
 
-    @staticmethod
-    async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
-
-
-async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``room-supervisor serve``."""
-    from .cli import settings_from
-    from .cli_control import keys_of
-
-    level = "DEBUG" if getattr(args, "verbose", False) else settings.daemon.log_level.upper()
-    set_level(level)
-    log.info("settings: %r", settings)
-    keys_of(settings)
-    daemon = Daemon(settings, reload=lambda: settings_from(args), burst=getattr(args, "burst", False))
-    code = await daemon.run()
-    ended = daemon.forced or await leftovers_end(LEFTOVER_WAIT)
-    from .cli import exit_now
-
-    exit_now(code, forced=daemon.forced or not ended)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import time
@@ -16,23 +15,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventstore.connection import connect
 from eventstore.consumer import materialized
-from eventstore.keys import InvalidKeyPart, Keys
+from eventstore.keys import Keys
+from eventstore.projections import PROJECTIONS
 from transport.pipeline_names import PipelineNotFound, resolve_target
 
-from .control import Control, DesiredRoom, JoinResult, unusable_name
-from .errors import CommandError
-from .heartbeat import Heartbeat, read_heartbeats
-from .rooms import check_room_name
-from .settings import Settings, redact_url
+from ..control import Control, JoinResult, check_room_name, unusable_name
+from ..errors import CommandError
+from ..heartbeat import Heartbeat, read_heartbeats
+from ..settings import Settings, redact_url
 
 log = logging.getLogger("supervisor")
 
-# The projections whose materialized state ``rooms`` shows, if they exist (written by consumers).
-PROJECTIONS = {
-    "participants": "eventstore.projections.participants:PARTICIPANTS",
-    "call-state": "eventstore.projections.callstate:CALL_STATE",
-}
-KNOWN_ROOMS_SHOWN = 1000
+KNOWN_ROOMS_SHOWN = 1000  # rooms with recorded events that ``rooms`` shows: the newest (first recorded last)
 
 
 def check_pipeline(name: str, settings: Settings) -> str:
@@ -45,14 +39,6 @@ def check_pipeline(name: str, settings: Settings) -> str:
     except PipelineNotFound as exc:
         raise CommandError(str(exc), 2) from None
     return name
-
-
-def keys_of(settings: Settings) -> Keys:
-    """The key layout for ``settings``; a prefix Redis keys cannot carry is a usage error."""
-    try:
-        return Keys(settings.redis.prefix)
-    except InvalidKeyPart as exc:
-        raise CommandError(f"configuration error: redis.prefix: {exc}", 2) from None
 
 
 def redis_failed(settings: Settings, exc: BaseException) -> CommandError:
@@ -69,7 +55,7 @@ def redis_failed(settings: Settings, exc: BaseException) -> CommandError:
 async def cmd_join(args: argparse.Namespace, settings: Settings) -> int:
     room = check_room_name(args.room)
     pipeline = check_pipeline(args.pipeline or settings.daemon.default_pipeline, settings)
-    keys = keys_of(settings)
+    keys = Keys(settings.redis.prefix)  # load_settings refused a prefix keys cannot carry
     redis = connect(settings.redis.url)
     try:
         result = await Control(redis, keys).join(room, pipeline)
@@ -87,7 +73,7 @@ async def cmd_join(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
     room = check_room_name(args.room)
-    keys = keys_of(settings)
+    keys = Keys(settings.redis.prefix)  # load_settings refused a prefix keys cannot carry
     redis = connect(settings.redis.url)
     try:
         was = await Control(redis, keys).leave(room)
@@ -99,21 +85,9 @@ async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _projection(name: str) -> Any | None:
-    """A built-in projection, or None when its module is not there (consumers are optional)."""
-    module, _, attr = PROJECTIONS[name].partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
-
-
 async def _room_states(redis: Any, keys: Keys, room: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in PROJECTIONS:
-        projection = _projection(name)
-        if projection is None:
-            continue
+    for name, projection in PROJECTIONS.items():  # their state exists when consumers run
         try:
             state, seq = await materialized(redis, room, projection, keys=keys)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -135,7 +109,7 @@ async def gather_rooms(redis: Any, keys: Keys) -> dict[str, dict[str, Any]]:
     """room -> what is known about it: desired entry, which daemon holds it and how, materialized states."""
     desired = await Control(redis, keys).desired()
     beats: list[Heartbeat] = await read_heartbeats(redis, keys)
-    known = await redis.zrange(keys.rooms(), 0, KNOWN_ROOMS_SHOWN - 1)
+    known = await redis.zrange(keys.rooms(), 0, KNOWN_ROOMS_SHOWN - 1, desc=True)
     rooms: dict[str, dict[str, Any]] = {}
     for raw in known:
         rooms.setdefault(raw.decode("utf-8", "replace"), {})
@@ -167,23 +141,24 @@ def _line(name: str, info: dict[str, Any]) -> str:
 
 
 async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
-    keys = keys_of(settings)
+    keys = Keys(settings.redis.prefix)  # load_settings refused a prefix keys cannot carry
     redis = connect(settings.redis.url)
     try:
         rooms = await gather_rooms(redis, keys)
+        recorded = await redis.zcard(keys.rooms())
     except (RedisError, OSError) as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     if args.json:
-        print(json.dumps({"at": time.time(), "rooms": rooms}, ensure_ascii=False))
+        print(json.dumps({"at": time.time(), "rooms": rooms, "recorded_rooms": recorded}, ensure_ascii=False))
         return 0
     print(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} PEOPLE")
     for name, info in rooms.items():
         print(_line(name, info))
     if not rooms:
         print("(no rooms)")
+    if recorded > KNOWN_ROOMS_SHOWN:
+        print(f"({recorded} rooms have recorded events; the newest {KNOWN_ROOMS_SHOWN} are listed)")
     return 0
 
-
-__all__ = ["cmd_join", "cmd_leave", "cmd_rooms", "gather_rooms", "check_pipeline", "redis_failed", "DesiredRoom"]

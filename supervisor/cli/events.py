@@ -1,9 +1,11 @@
-"""CLI commands that read the event log and projections: ``events``, ``state``, ``consume``."""
+"""CLI commands that read the event log and projections: ``events``, ``state``, ``consume``, and how records
+and states look to a person on a terminal and as JSON lines for tools."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as _dt
 import importlib
 import signal
 import sys
@@ -15,27 +17,70 @@ from redis.exceptions import RedisError
 from eventstore.connection import connect
 from eventstore.consumer import ProjectionRunner, materialized, replay
 from eventstore.keys import Keys
-from eventstore.projections.base import Projection
+from eventstore.projections import PROJECTIONS, Projection
 from eventstore.reader import CaughtUp, RoomReader
+from eventstore.records import DataReceived, Record, tag_of
 
-from .cli_control import redis_failed
-from .errors import CommandError
-from .render import record_json, record_line, state_json
-from .rooms import check_room_name
-from .settings import Settings
+from ..control import check_room_name
+from ..errors import CommandError
+from ..settings import Settings
+from .rooms import redis_failed
 
-BUILTIN_PROJECTIONS = {
-    "participants": "eventstore.projections.participants:PARTICIPANTS",
-    "call-state": "eventstore.projections.callstate:CALL_STATE",
-}
+# --- how records and states look: lines for a person on a terminal, JSON lines for tools ---------------------
+_ENVELOPE = {"seq", "v", "room", "session", "ts", "producer", "epoch", "type"}
+_json = msgspec.json.Encoder()
+
+
+def _payload_text(data: bytes, limit: int = 60) -> str:
+    try:
+        text = data.decode("utf-8")
+        if text.isprintable():
+            return repr(text if len(text) <= limit else text[:limit] + "…")
+    except UnicodeDecodeError:
+        pass
+    return f"<{len(data)} bytes {data[:16].hex()}{'…' if len(data) > 16 else ''}>"
+
+
+def record_line(record: Record) -> str:
+    """One line per record: ``seq  time  type  key=value ...`` (empty fields left out)."""
+    when = _dt.datetime.fromtimestamp(record.ts, tz=_dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    fields: list[str] = []
+    for name in record.__struct_fields__:
+        if name in _ENVELOPE:
+            continue
+        value = getattr(record, name)
+        if value in ("", None, [], b"") or (name == "reliable" and value is True):
+            continue
+        if isinstance(record, DataReceived) and name == "data":
+            fields.append(f"data={_payload_text(value)}")
+        else:
+            fields.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
+    return f"{record.seq:>6}  {when}  {tag_of(record):<26} {' '.join(fields)}".rstrip()
+
+
+def record_json(record: Record) -> str:
+    """The record as one JSON line; data payloads as text when they are UTF-8, else base64 (``data_b64``)."""
+    data: dict[str, Any] = msgspec.to_builtins(record)
+    if isinstance(record, DataReceived):
+        try:
+            data["data"] = record.data.decode("utf-8")
+        except UnicodeDecodeError:
+            data.pop("data")
+            data["data_b64"] = msgspec.to_builtins(record.data)
+    return _json.encode(data).decode()
+
+
+def state_json(state: Any) -> str:
+    return msgspec.json.format(_json.encode(state), indent=2).decode()
 
 
 def load_projection(name: str) -> Projection[Any]:
     """A built-in projection by name, or ``module:attribute`` of the user's own."""
-    target = BUILTIN_PROJECTIONS.get(name, name)
-    if ":" not in target:
-        raise CommandError(f"unknown projection {name!r}: use participants, call-state or module:attribute", 2)
-    module_name, _, attr = target.partition(":")
+    if name in PROJECTIONS:
+        return PROJECTIONS[name]
+    if ":" not in name:
+        raise CommandError(f"unknown projection {name!r}: use {', '.join(PROJECTIONS)} or module:attribute", 2)
+    module_name, _, attr = name.partition(":")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -69,7 +114,7 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
     room = check_room_name(args.room)
-    names = [args.projection] if args.projection else list(BUILTIN_PROJECTIONS)
+    names = [args.projection] if args.projection else list(PROJECTIONS)
     redis = connect(settings.redis.url)
     keys = Keys(settings.redis.prefix)
     different = False

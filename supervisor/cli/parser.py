@@ -1,0 +1,179 @@
+"""The command line's grammar and its help text, written for the people who type it.
+
+Arguments are also where secrets come in (``--redis-url redis://:password@host``): everything the CLI prints
+goes through :func:`redact_text`, which masks the Redis URLs this process was given wherever they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Iterable, NoReturn
+
+from ..settings import redact, url_secrets
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIFFERENT, EXIT_MISSING = 0, 1, 2, 3, 4
+
+DESCRIPTION = """\
+Supervise LiveKit rooms with pipecat bots, and record every transport event to Redis Streams.
+
+`serve` runs the daemon; the other commands talk to Redis only (they work while daemons run elsewhere)."""
+
+EPILOG = """\
+examples:
+  room-supervisor serve --config /etc/room-supervisor/room-supervisor.toml
+  room-supervisor join support-42 --pipeline echo
+  room-supervisor rooms
+  room-supervisor events support-42 --follow
+  room-supervisor state support-42 --check
+  room-supervisor leave support-42
+
+Every command but demo reads its settings from --config FILE (or $ROOM_SUPERVISOR_CONFIG), then the
+environment (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET, REDIS_URL, RS_<SECTION>_<NAME>), then the flags;
+later wins. Exit codes: 0 ok, 1 runtime error (e.g. Redis unreachable), 2 bad input, 3 `state --check` found a
+difference, 4 a prerequisite is missing. `room-supervisor COMMAND --help` says more about each command."""
+
+# name -> (one line for the command list, what it does, examples)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": (
+        "run the daemon that supervises rooms",
+        "Run the daemon: join every desired room (see `join`) with its pipeline, record every event to Redis,\n"
+        "and keep going through LiveKit and Redis outages. SIGTERM drains (exit 0 when every bot left in time),\n"
+        "a second SIGTERM or SIGINT exits at once, SIGHUP reloads the settings. Run it under systemd\n"
+        "(systemd/room-supervisor.service).",
+        "room-supervisor serve --config /etc/room-supervisor/room-supervisor.toml\n"
+        "REDIS_URL=redis://127.0.0.1:6379/0 room-supervisor serve --burst   # exit once no room is desired",
+    ),
+    "join": (
+        "ask the daemons to join ROOM (idempotent)",
+        "Add ROOM to the desired rooms; a daemon joins it within a moment. Joining a desired room with another\n"
+        "pipeline restarts its session with that pipeline; joining a room marked failed tries it again.",
+        "room-supervisor join support-42\nroom-supervisor join support-42 --pipeline mybot",
+    ),
+    "leave": (
+        "ask the daemons to leave ROOM (idempotent)",
+        "Remove ROOM from the desired rooms; its daemon ends the bot's session gracefully. The room's events\n"
+        "stay in Redis.",
+        "room-supervisor leave support-42",
+    ),
+    "rooms": (
+        "list rooms: desired, held by which daemon, participants and call state",
+        "List the desired rooms and the rooms with recorded events (the newest 1,000), with the daemon and\n"
+        "session that hold each, the people present and the call state (when consumers run).",
+        "room-supervisor rooms\nroom-supervisor rooms --json | jq '.rooms | keys'",
+    ),
+    "events": (
+        "print a room's events",
+        "Print ROOM's recorded events in order: one line each, or one JSON object per line with --json.",
+        "room-supervisor events support-42\nroom-supervisor events support-42 --follow --since 120 --json",
+    ),
+    "consume": (
+        "run a consumer that materializes a projection",
+        "Run a consumer group member that folds every room's events into a projection and writes each room's\n"
+        "state to Redis (participants, call-state, or module:attribute of your own). Run several with the same\n"
+        "projection to share the rooms; each can be stopped and restarted at any time.",
+        "room-supervisor consume participants\nroom-supervisor consume call-state --until-caught-up",
+    ),
+    "state": (
+        "print a room's materialized state",
+        "Print ROOM's state as the consumers materialized it; --replay rebuilds it from the events instead,\n"
+        "--check compares the two (exit 3 when they differ).",
+        "room-supervisor state support-42\nroom-supervisor state support-42 --projection call-state --check",
+    ),
+    "demo": (
+        "run everything on an embedded local stack with a simulated caller (from a source checkout)",
+        "Start redis-server and a LiveKit dev server, run `serve`, join a room with the echo pipeline, let a\n"
+        "simulated caller speak, send data, leave and rejoin, then print the events and the rebuilt state. Needs\n"
+        "a source checkout (`make demo` installs what is missing); nothing leaves this machine.",
+        "make demo\nroom-supervisor demo --no-hold --keep",
+    ),
+}
+
+# Secrets to mask in everything printed: the Redis URLs this process was given, wherever they came from.
+_SECRET_SOURCES: list[str] = []
+
+
+def secrets() -> list[str]:
+    urls = [*_SECRET_SOURCES, os.environ.get("REDIS_URL", ""), os.environ.get("RS_REDIS_URL", "")]
+    return sorted({s for url in urls if url for s in url_secrets(url)}, key=len, reverse=True)
+
+
+def remember_secrets(urls: Iterable[str | None]) -> None:
+    _SECRET_SOURCES.extend(u for u in urls if u and "://" in u and u not in _SECRET_SOURCES)
+
+
+def redact_text(text: str) -> str:
+    return redact(text, secrets())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors redacted (a URL given in the wrong place is echoed back)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact_text(message)}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (default: $ROOM_SUPERVISOR_CONFIG)")
+    p.add_argument("--redis-url", metavar="URL", help="Redis to use; overrides REDIS_URL and the file")
+    p.add_argument("--prefix", metavar="PREFIX", help="prefix of every Redis key (default rs)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, *, common: bool = True) -> argparse.ArgumentParser:
+    summary, text, examples = COMMANDS[name]
+    indented = "\n".join("  " + line for line in examples.splitlines())
+    p = sub.add_parser(name, help=summary, description=text, epilog=f"examples:\n{indented}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if common:
+        _common(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="room-supervisor", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "serve")
+    p.add_argument("--burst", action="store_true", help="drain and exit once no desired room is left (batch jobs)")
+
+    p = _command(sub, "join")
+    p.add_argument("room", help="the LiveKit room name")
+    p.add_argument("--pipeline", default=None, metavar="NAME",
+                   help="echo, listen, or a name registered in [pipelines] of the config file or as an entry "
+                        "point in room_supervisor.pipelines (default: daemon.default_pipeline)")
+
+    p = _command(sub, "leave")
+    p.add_argument("room", help="the LiveKit room name")
+
+    p = _command(sub, "rooms")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+    p = _command(sub, "events")
+    p.add_argument("room", help="the LiveKit room name")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events after sequence number SEQ")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = _command(sub, "consume")
+    p.add_argument("projection", help="participants, call-state, or module:attribute of your own")
+    p.add_argument("--until-caught-up", action="store_true", help="exit when nothing is left to read")
+    p.add_argument("--instance", help="this consumer's name in its group (default: random)")
+
+    p = _command(sub, "state")
+    p.add_argument("room", help="the LiveKit room name")
+    p.add_argument("--projection", default=None, help="participants or call-state (default: both)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--replay", action="store_true", help="rebuild from the events instead")
+    group.add_argument("--check", action="store_true", help="compare materialized with replay; exit 3 if different")
+
+    p = _command(sub, "demo", common=False)
+    p.add_argument("--workdir", metavar="DIR", help="where the servers keep their files (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir afterwards")
+    p.add_argument("--no-hold", action="store_true",
+                   help="stop at once after the report (default when not on a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
