@@ -137,8 +137,11 @@ class VideoTrackUnsubscribed(Record, tag="video_track_unsubscribed", frozen=True
 class DataReceived(Record, tag="data_received", frozen=True, kw_only=True):
     """A data packet (``on_data_received(transport, data, participant_id)``).
 
-    ``participant_id`` is ``None`` when a server SDK sent the packet. ``data`` is stored in the stream entry
-    as its own raw field (text reads as text in redis-cli, bytes stay exact), not inside the JSON text.
+    ``participant_id`` is ``None`` when LiveKit handed over no sender: a packet a server SDK or a hidden
+    participant sent, or one from a participant the bot's room did not know yet (rtc 1.2.1 drops the sender's
+    identity then; a caller who publishes no track is announced to the bot up to 3 s after joining, so its first
+    packets arrive this way). ``data`` is stored in the stream entry as its own raw field (text reads as text in
+    redis-cli, bytes stay exact), not inside the JSON text.
     """
 
     participant_id: str | None = None
@@ -149,6 +152,61 @@ class DataReceived(Record, tag="data_received", frozen=True, kw_only=True):
 
 
 # --- what LiveKit knows and pipecat does not surface; what the supervisor adds -----------------------------
+
+
+class TextStreamReceived(Record, tag="text_stream_received", frozen=True, kw_only=True):
+    """A LiveKit text stream ended (``send_text``/``stream_text``; e.g. topic ``lk.chat`` for chat,
+    ``lk.transcription`` for transcripts). Written when the stream ends, so a long one lands after records of
+    things that happened while it ran; ``opened_at`` is when its header arrived.
+
+    ``participant_id`` is the sender's identity from the stream header (present even when the bot's room does not
+    know the sender yet; ``None`` when LiveKit gave none: a hidden participant). livekit-server writes the real
+    sender's identity there, except for an agent's text stream that names another participant (a transcript of
+    that participant's speech): it keeps that identity and sets ``generated``. ``text`` is the whole text, or its
+    first ``max_stream_bytes`` bytes (UTF-8, cut on a character boundary) when ``truncated``; ``size`` is always
+    the full size in UTF-8 bytes. ``complete`` is false when the stream ended abnormally; ``error`` says why, in
+    rtc's words (the sender aborted it or left mid-stream, text that is not UTF-8, the bot disconnected) or
+    ``the bot left`` (still open when the session ended). ``attributes`` include the trailer's; ``reply_to``
+    and ``attachments`` are stream ids this message replies to or carries (byte streams).
+    """
+
+    participant_id: str | None = None
+    participant_sid: str = ""
+    topic: str = ""
+    stream_id: str = ""
+    text: str = ""
+    size: int = 0
+    truncated: bool = False
+    complete: bool = True
+    error: str = ""
+    mime_type: str = ""
+    attributes: dict[str, str] = {}
+    reply_to: str = ""
+    attachments: list[str] = []
+    generated: bool = False
+    opened_at: float = 0.0
+
+
+class ByteStreamReceived(Record, tag="byte_stream_received", frozen=True, kw_only=True):
+    """A LiveKit byte stream ended (``send_file``/``send_bytes``/``stream_bytes``). Fields as in
+    :class:`TextStreamReceived`; ``name`` is the file name the sender gave, ``data`` the bytes (their first
+    ``max_stream_bytes`` when ``truncated``; base64 inside the JSON text), ``declared_size`` the size the sender
+    announced in the header (0 when it did not)."""
+
+    participant_id: str | None = None
+    participant_sid: str = ""
+    topic: str = ""
+    stream_id: str = ""
+    name: str = ""
+    mime_type: str = ""
+    data: bytes = b""
+    size: int = 0
+    declared_size: int = 0
+    truncated: bool = False
+    complete: bool = True
+    error: str = ""
+    attributes: dict[str, str] = {}
+    opened_at: float = 0.0
 
 
 class Reconnecting(Record, tag="reconnecting", frozen=True, kw_only=True):
@@ -214,6 +272,8 @@ AnyRecord = Union[
     VideoTrackSubscribed,
     VideoTrackUnsubscribed,
     DataReceived,
+    TextStreamReceived,
+    ByteStreamReceived,
     Reconnecting,
     Reconnected,
     SessionStarted,

@@ -21,11 +21,10 @@ import msgspec
 from hypothesis import strategies as st
 
 from eventstore.records import (
-    RECORD_TYPES, AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected,
-    DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected,
-    ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, StoreRestored, StoreUnavailable,
-    VideoTrackSubscribed,
-    VideoTrackUnsubscribed,
+    RECORD_TYPES, AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, ByteStreamReceived,
+    CallStateUpdated, Connected, DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected,
+    ParticipantDisconnected, ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted,
+    StoreRestored, StoreUnavailable, TextStreamReceived, VideoTrackSubscribed, VideoTrackUnsubscribed,
 )
 
 ROOMS = ("room-a", "room-b", "room-c", "room/ü d")
@@ -35,7 +34,8 @@ PARTICIPANT_REASONS = ("CLIENT_INITIATED", "DUPLICATE_IDENTITY", "PARTICIPANT_RE
 NO_REASON = "UNKNOWN_REASON"  # what LiveKit reports for a full reconnect's synthetic departures
 # records after which a departure with no reason is still undecided (suspect); reconnecting decides it differently
 KEEPS_SUSPECTS = (ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed, VideoTrackUnsubscribed,
-                  CallStateUpdated, StoreUnavailable, StoreRestored)
+                  CallStateUpdated, StoreUnavailable, StoreRestored, TextStreamReceived, ByteStreamReceived)
+STREAM_TOPICS = ("lk.chat", "lk.transcription", "files", "", "weird topic/ü\x00")
 SESSION_REASONS = ("left", "drained", "room_closed", "removed", "pipeline_error", "connection_lost",
                    "join_failed", "restart_budget_exhausted", "failed", "")
 BASE_TS = 1_700_000_000.0
@@ -59,6 +59,11 @@ _BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "state": st.sampled_from(("joining", "joined", "left", "bogus")),
     "cause": st.sampled_from(("", "join", "rejoin", "restart", "takeover", "connected")),
     "data": st.binary(max_size=40),
+    "text": st.text(max_size=24),  # any unicode: NUL, controls, astral characters
+    "size": st.integers(0, 5_000_000),
+    "declared_size": st.integers(0, 5_000_000),
+    "topic": st.sampled_from(STREAM_TOPICS) | _small_text,
+    "attributes": st.dictionaries(st.text(max_size=5), st.text(max_size=8), max_size=3),
 }
 _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     str: _small_text,
@@ -66,6 +71,8 @@ _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     bool: st.booleans(),
     bytes: st.binary(max_size=16),
     list[str]: st.lists(_small_text, max_size=3),
+    float: st.floats(0, 2e9, allow_nan=False, allow_infinity=False),
+    dict[str, str]: st.dictionaries(_small_text, _small_text, max_size=3),
 }
 
 
@@ -152,6 +159,8 @@ class RoomHistory:
     rejoins: Counter[str] = field(default_factory=Counter)
     messages: Counter[str] = field(default_factory=Counter)
     data_bytes: Counter[str] = field(default_factory=Counter)
+    # per sender: (text_streams, text_bytes, byte_streams, byte_stream_bytes) as PersonStats names them
+    streams: dict[str, Counter[str]] = field(default_factory=dict)
     audio: dict[str, set[str]] = field(default_factory=dict)
     video: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -362,6 +371,26 @@ class _Sim:
             h.messages[who] += 1
             h.data_bytes[who] += len(payload)
 
+    def stream(self) -> None:
+        """A text or byte stream ended: from someone in the room, someone the bot has not seen, or no one; maybe
+        truncated or cut short (a stream's record lands whenever it ends, so it decides no suspect)."""
+        h = self.h
+        who = self.draw(st.none() | st.sampled_from(sorted(h.world) or IDENTITIES))
+        size = self.draw(st.integers(0, 3_000_000))
+        common = {"participant_id": who, "participant_sid": h.world.get(who or "", ""),
+                  "topic": self.draw(st.sampled_from(STREAM_TOPICS)), "stream_id": f"ST_{self.seq}", "size": size,
+                  "truncated": size > 1_048_576, "complete": self.draw(st.booleans()), "opened_at": self.ts}
+        if self.draw(st.booleans()):
+            self.emit(TextStreamReceived, text=self.draw(st.text(max_size=12)), **common)
+            count, total = "text_streams", "text_bytes"
+        else:
+            self.emit(ByteStreamReceived, name="f.bin", data=self.draw(st.binary(max_size=12)), **common)
+            count, total = "byte_streams", "byte_stream_bytes"
+        if who is not None:
+            mine = h.streams.setdefault(who, Counter())
+            mine[count] += 1
+            mine[total] += size
+
     def resume(self) -> None:
         """rtc resume: reconnecting, call_state_updated, (people may come and go unseen), reconnected with the
         snapshot."""
@@ -517,7 +546,8 @@ class _Sim:
             return ["start"]
         if h.bot == "away":
             return ["rejoin", "rejoin", "join_fails"]
-        names = ["data", "data", "feedback", "resume", "full_reconnect", "bounce", "bot_ends", "store_outage"]
+        names = ["data", "data", "stream", "feedback", "resume", "full_reconnect", "bounce", "bot_ends",
+                 "store_outage"]
         if len(h.world) < len(IDENTITIES):
             names += ["join"] * 4
         if h.world:

@@ -31,6 +31,7 @@ _BY_TYPE: dict[Any, st.SearchStrategy] = {
     bool: st.booleans(),
     bytes: st.binary(max_size=512),
     list[str]: st.lists(st.text(), max_size=5),
+    dict[str, str]: st.dictionaries(st.text(), st.text(), max_size=5),
     str | None: st.none() | st.text(),
 }
 
@@ -50,7 +51,7 @@ ANY_RECORD = st.one_of([record_strategy(cls) for cls in RECORD_TYPES])
 
 
 def test_every_record_type_is_covered():
-    assert len(RECORD_TYPES) == len(TAGS) == 19
+    assert len(RECORD_TYPES) == len(TAGS) == 21
     for cls in RECORD_TYPES:
         record_strategy(cls)  # raises if a field type has no strategy
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import msgspec
 import pytest
@@ -17,9 +18,10 @@ from eventstore.projections.participants import (
     ANOMALY_LIMIT, INFERRED, LEFT_WHILE_AWAY, OBSERVED, SESSION_END, Track, presence_seconds, seconds_present,
 )
 from eventstore.records import (
-    AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected, DataReceived,
-    Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected, ParticipantLeft,
-    Reconnected, Reconnecting, SessionEnded, SessionStarted, VideoTrackSubscribed, VideoTrackUnsubscribed,
+    AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, ByteStreamReceived, CallStateUpdated, Connected,
+    DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected,
+    ParticipantLeft, Reconnected, Reconnecting, SessionEnded, SessionStarted, TextStreamReceived,
+    VideoTrackSubscribed, VideoTrackUnsubscribed,
 )
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -363,6 +365,36 @@ def test_data_messages() -> None:
     assert (c.data_messages, c.data_bytes, c.server_messages, c.server_bytes) == (3, 18, 1, 11)
 
 
+def test_text_and_byte_streams_are_counted_for_their_sender_and_the_room() -> None:
+    s = joined(["alice"])
+    s(TextStreamReceived, participant_id="alice", topic="lk.chat", text="hi ü", size=5)
+    s(TextStreamReceived, participant_id="alice", topic="lk.chat", text="x" * 4, size=9_000_000, truncated=True)
+    s(ByteStreamReceived, participant_id="alice", name="a.png", data=b"\x89PNG", size=4)
+    s(ByteStreamReceived, participant_id="bob", data=b"\x00", size=1, complete=False, error="the bot left")
+    s(TextStreamReceived, participant_id=None, text="?", size=1)
+    state = run(s)
+    alice, bob = state.people["alice"], state.people["bob"]
+    assert (alice.text_streams, alice.text_bytes, alice.byte_streams, alice.byte_stream_bytes) == (2, 9_000_005, 1, 4)
+    assert (alice.messages, alice.bytes) == (0, 0)  # data packets are counted apart
+    assert (bob.byte_streams, bob.byte_stream_bytes, bob.joins) == (1, 1, 0)  # a sender never seen joining counts
+    c = state.counters
+    assert (c.text_streams, c.text_bytes, c.byte_streams, c.byte_stream_bytes) == (3, 9_000_006, 2, 5)
+    assert (c.incomplete_streams, c.data_messages, c.server_messages, c.anomalies) == (1, 0, 0, 0)
+    assert state.last_seq == s.seq and "bob" not in state.present
+
+
+@pytest.mark.parametrize("cls", [TextStreamReceived, ByteStreamReceived])
+def test_a_stream_record_leaves_a_suspect_departure_undecided(cls) -> None:
+    # written when the stream ends, by a task of its own: its place in the log says nothing about who is in
+    s = joined(["alice", "bob"])
+    leave(s, "alice", reason="UNKNOWN_REASON")
+    s(cls, participant_id="bob", size=3)
+    assert set(run(s).suspect) == {"alice"}
+    s(Reconnecting)
+    state = run(s)
+    assert set(state.pending) == {"alice"} and "alice" not in state.left
+
+
 def test_tracks_subscribe_and_unsubscribe() -> None:
     s = joined(["alice"])
     s(AudioTrackSubscribed, participant_id="alice", track_sid="TR_a")
@@ -463,6 +495,9 @@ def test_valid_histories_are_understood(h: RoomHistory) -> None:
     assert {k: v.joins for k, v in state.people.items() if v.joins} == +h.joins
     assert {k: v.messages for k, v in state.people.items() if v.messages} == +h.messages
     assert {k: v.bytes for k, v in state.people.items() if v.bytes} == +h.data_bytes
+    streams = {k: +Counter({n: getattr(v, n) for n in ("text_streams", "text_bytes", "byte_streams",
+                                                          "byte_stream_bytes")}) for k, v in state.people.items()}
+    assert {k: v for k, v in streams.items() if v} == {k: +v for k, v in h.streams.items() if +v}
     assert state.counters.joins - state.counters.leaves == len(state.present) + len(state.suspect) + len(h.pending)
     if h.bot == "in":
         audio = {k: {t.track_sid for t in p.audio} for k, p in state.present.items() if p.audio}

@@ -7,7 +7,9 @@ record). A wrapper could only register handlers of its own, which pipecat runs a
 guaranteed order. The subclass also
 
 - attaches listeners to the rtc ``Room`` for what pipecat drops (SIDs, real disconnect reasons, data topic
-  and kind, video source) and for what it does not surface at all (``reconnecting``/``reconnected``);
+  and kind, video source) and for what it does not surface at all (``reconnecting``/``reconnected``, and
+  LiveKit text and byte streams of every topic: :mod:`transport.streams`, at most ``max_stream_bytes`` of each
+  stream's content kept);
 - fires ``on_call_state_updated(transport, state)``, which pipecat registers but never fires, whenever the
   call-state machine changes ``state`` (records it too);
 - sets :attr:`ended` when the server ends the bot's connection (room closed or deleted, bot removed,
@@ -28,6 +30,7 @@ from eventstore import records as R
 
 from .recorder import EventRecorder
 from .rtc_details import RtcDetails
+from .streams import BOT_LEFT, MAX_STREAM_BYTES, StreamRecorder
 
 log = logging.getLogger("transport")
 
@@ -47,6 +50,7 @@ class RecordingClient(LiveKitTransportClient):
         if first:
             self.room.connect = _shielded_connect(self.room)  # type: ignore[method-assign]
             self._details.attach(self.room)
+            self._owner.streams.attach(self.room)
             self.room.on("reconnecting", self._owner._on_rtc_reconnecting)
             self.room.on("reconnected", self._owner._on_rtc_reconnected)
             self.room.on("disconnected", self._owner._on_rtc_disconnected)
@@ -92,11 +96,16 @@ def _leave_after(room: rtc.Room, connect: asyncio.Future[Any]) -> None:
 
 
 class RecordingLiveKitTransport(LiveKitTransport):
+    """``max_stream_bytes``: how much of one text or byte stream's content its record keeps (the rest is counted
+    in ``size`` and the record says ``truncated``)."""
+
     def __init__(self, url: str, token: str, room_name: str, recorder: EventRecorder,
-                 params: LiveKitParams | None = None, **kwargs: Any) -> None:
+                 params: LiveKitParams | None = None, *, max_stream_bytes: int = MAX_STREAM_BYTES,
+                 **kwargs: Any) -> None:
         super().__init__(url, token, room_name, params, **kwargs)
         self.recorder = recorder
         self.details = RtcDetails()
+        self.streams = StreamRecorder(recorder, self._spawn, self.details.sids, max_bytes=max_stream_bytes)
         self._client = RecordingClient(url, token, room_name, self._params, self._client._callbacks,
                                        self.name, details=self.details, transport=self)
         self.ended = asyncio.Event()
@@ -183,8 +192,10 @@ class RecordingLiveKitTransport(LiveKitTransport):
         self._spawn(super()._call_event_handler("on_call_state_updated", state), "on_call_state_updated")
 
     async def wait_recorded(self, timeout: float = 5.0) -> None:
-        """Wait for recording tasks still under way (reconnect records, call-state handlers); cancel what a
-        hanging user handler keeps running past ``timeout``."""
+        """Wait for recording tasks still under way (reconnect records, call-state handlers, streams: any still
+        open is ended as cut short by the bot's departure and recorded); cancel what a hanging user handler keeps
+        running past ``timeout``."""
+        self.streams.end_open(BOT_LEFT)
         if not self._pending:
             return
         _, late = await asyncio.wait(set(self._pending), timeout=timeout)

@@ -85,6 +85,17 @@ class RtcDetails:
         self.unsubscribed[(participant.identity, kind)].append(TrackInfo(publication.sid, track_source(publication)))
 
     def _data_received(self, packet: rtc.DataPacket) -> None:
+        """A data packet's details. Its sender is ``None`` (for pipecat and in our record) in two cases that the
+        bot cannot tell apart: a server SDK sent it (no identity on the wire), or the bot's room did not know the
+        sender yet. LiveKit does send the sender's identity with every participant's packet, but rtc 1.2.1 loses
+        it below Python: the Rust room (rust-sdks ``livekit/src/room/mod.rs``, ``RoomSession::handle_data``, since
+        rust-sdks#757) looks the identity up among known participants and dispatches ``participant: None`` when it
+        finds nobody, and the FFI (``livekit-ffi/src/server/room.rs``, ``RoomEvent::DataReceived``) then sends
+        ``participant_identity=""``; ``livekit/rtc/room.py`` (``_on_room_event``, ``data_packet_received``) builds
+        ``DataPacket(participant=None)`` from that. It happens to every packet a caller who publishes no track
+        sends in its first seconds: livekit-server (``pkg/rtc/room.go``) batches participant updates of
+        non-publishers and sends them every 3 s (``subscriberUpdateInterval``), while data is relayed at once.
+        Data *streams* keep the identity (their "opened" event carries it): :mod:`transport.streams`."""
         sender = packet.participant.identity if packet.participant else None
         sid = packet.participant.sid if packet.participant else ""
         self.data.append(DataInfo(sender, sid, packet.topic or "", packet.kind == rtc.DataPacketKind.KIND_RELIABLE,

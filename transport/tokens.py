@@ -7,7 +7,6 @@ import secrets
 
 from livekit import api
 
-
 BOT_PREFIX = "rs-bot-"  # every bot identity starts so: a participant with it in a room is one of ours
 
 

@@ -7,10 +7,10 @@ The full table and its reasons are in ``docs/callstate.md``.
 
 A departure with no LiveKit reason (``UNKNOWN_REASON`` or empty) is *suspect*: a full reconnect of the bot reports
 every remote participant gone that way before its ``reconnecting``. The identity moves from ``remote`` to
-``suspect`` and the phase holds. Further departures, track and ``call_state_updated`` records keep it suspect;
-``reconnecting`` turns it into ``pending`` (confirmed by a ``participant_connected`` or the snapshot); any other
-record first commits it (the phase is recomputed, if the bot is ``joined`` or ``leaving``) and is then applied,
-recording at most one transition whose cause is that record.
+``suspect`` and the phase holds. Further departures, track, ``call_state_updated``, store and text/byte stream
+records (``KEEPS_SUSPECTS``) keep it suspect; ``reconnecting`` turns it into ``pending`` (confirmed by a
+``participant_connected`` or the snapshot); any other record first commits it (the phase is recomputed, if the bot
+is ``joined`` or ``leaving``) and is then applied, recording at most one transition whose cause is that record.
 
 ``call_state_updated`` records are this machine's output: as input they are a no-op, so the transport can feed
 its own records back. Records that do not fit the current state become anomalies (the last ``ANOMALY_LIMIT``);
@@ -186,7 +186,7 @@ class CallStateMachine:
             Reconnecting: self._reconnecting,
             Reconnected: self._reconnected,
             SessionEnded: self._session_ended,
-        }  # anything else (tracks, data, call_state_updated) changes nothing
+        }  # anything else (tracks, data, text/byte streams, call_state_updated) changes nothing
 
     def initial(self, room: str) -> CallState:
         return CallState(room=room)

@@ -5,10 +5,10 @@ Presence survives the bot's own trouble (rules and reasons: ``docs/callstate.md`
 - A departure (``participant_disconnected`` / ``participant_left``) that gives no LiveKit reason (``UNKNOWN_REASON``
   or empty, ``SUSPECT_REASONS``) is *suspect*: a full reconnect of the bot reports every remote participant gone
   that way *before* its ``reconnecting``. The person moves from ``present`` to ``suspect`` (neither present nor
-  left, presence still counting). Further departures, unsubscribes and ``call_state_updated`` keep them suspect;
-  ``reconnecting`` makes them the window's provisional departures (``pending``, below); any other record first
-  commits them as real departures, at their own time and reason, and is then applied. A suspect whose other
-  pipecat record names a real reason left for real at once.
+  left, presence still counting). Further departures, unsubscribes, ``call_state_updated``, the store notes and
+  text/byte streams (``KEEPS_SUSPECTS``) keep them suspect; ``reconnecting`` makes them the window's provisional
+  departures (``pending``, below); any other record first commits them as real departures, at their own time and
+  reason, and is then applied. A suspect whose other pipecat record names a real reason left for real at once.
 - A *window* opens when the bot loses its view of the room (rtc ``reconnecting``, its ``disconnected``,
   ``session_ended(rejoin=True)``, a ``session_started`` the previous session never closed). Inside a
   ``reconnecting`` window departures are provisional (``pending``) too.
@@ -35,10 +35,10 @@ from typing import Any, Final
 from msgspec.structs import replace
 
 from ..records import (
-    AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, CallStateUpdated, Connected, DataReceived,
-    Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected, ParticipantLeft,
-    Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, VideoTrackSubscribed,
-    VideoTrackUnsubscribed, tag_of,
+    AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, ByteStreamReceived, CallStateUpdated, Connected,
+    DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected,
+    ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, TextStreamReceived,
+    VideoTrackSubscribed, VideoTrackUnsubscribed, tag_of,
 )
 from .participants_edit import _NO_STATS, _closed, _commit, _departure, _Draft, _is_rejoin, _note, _touch
 from .participants_model import (
@@ -56,6 +56,9 @@ __all__ = [
 
 _TRACK_RECORDS: Final = {AudioTrackSubscribed: ("audio", True), AudioTrackUnsubscribed: ("audio", False),
                          VideoTrackSubscribed: ("video", True), VideoTrackUnsubscribed: ("video", False)}
+# stream record -> (its count field, its size field): the same names in PersonStats and RoomCounters
+_STREAM_RECORDS: Final = {TextStreamReceived: ("text_streams", "text_bytes"),
+                          ByteStreamReceived: ("byte_streams", "byte_stream_bytes")}
 
 
 _RANK: Final = {"": 0, "disconnected": 1, "UNKNOWN_REASON": 2}  # anything else is a real reason
@@ -74,7 +77,7 @@ def _since(state: ParticipantsState, record: Record) -> float:
 
 
 class ParticipantTracker:
-    """The ``participants`` projection: presence, departures, rejoins, data and tracks per identity."""
+    """The ``participants`` projection: presence, departures, rejoins, data, streams and tracks per identity."""
 
     name = "participants"
     state_type = ParticipantsState
@@ -82,6 +85,7 @@ class ParticipantTracker:
     def __init__(self) -> None:
         self._handlers: dict[type, Callable[[ParticipantsState, Any], ParticipantsState]] = {
             DataReceived: self._data,
+            **dict.fromkeys(_STREAM_RECORDS, self._stream),
             **dict.fromkeys(_TRACK_RECORDS, self._track),
             ParticipantConnected: self._arrived,
             ParticipantDisconnected: lambda s, r: self._gone(s, r, r.participant_id, r.reason, SEEN_DISCONNECTED),
@@ -126,6 +130,21 @@ class ParticipantTracker:
         stats = people.get(pid, _NO_STATS)
         people[pid] = replace(stats, messages=stats.messages + 1, bytes=stats.bytes + size)
         counters = replace(c, data_messages=c.data_messages + 1, data_bytes=c.data_bytes + size)
+        return replace(s, people=people, counters=counters, last_seq=r.seq, last_ts=r.ts)
+
+    @staticmethod
+    def _stream(s: ParticipantsState, r: TextStreamReceived | ByteStreamReceived) -> ParticipantsState:
+        """A text or byte stream, counted for its sender (present or not, like data) and for the room."""
+        count, size = _STREAM_RECORDS[type(r)]
+        c = s.counters
+        counters = replace(c, **{count: getattr(c, count) + 1, size: getattr(c, size) + r.size,
+                                 "incomplete_streams": c.incomplete_streams + (not r.complete)})
+        pid = r.participant_id
+        if pid is None:
+            return replace(s, counters=counters, last_seq=r.seq, last_ts=r.ts)
+        people = dict(s.people)
+        stats = people.get(pid, _NO_STATS)
+        people[pid] = replace(stats, **{count: getattr(stats, count) + 1, size: getattr(stats, size) + r.size})
         return replace(s, people=people, counters=counters, last_seq=r.seq, last_ts=r.ts)
 
     @staticmethod

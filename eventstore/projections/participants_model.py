@@ -11,8 +11,8 @@ from typing import Final
 import msgspec
 
 from ..records import (
-    AudioTrackUnsubscribed, CallStateUpdated, ParticipantDisconnected, ParticipantLeft, Reconnecting, StoreRestored,
-    StoreUnavailable, VideoTrackUnsubscribed,
+    AudioTrackUnsubscribed, ByteStreamReceived, CallStateUpdated, ParticipantDisconnected, ParticipantLeft,
+    Reconnecting, StoreRestored, StoreUnavailable, TextStreamReceived, VideoTrackUnsubscribed,
 )
 
 ANOMALY_LIMIT: Final = 20  # both reducers keep this many of the latest anomalies
@@ -30,11 +30,13 @@ SESSION_END: Final = "session_end"  # the bot's session ended for good; nobody s
 # gone with one of these *before* its ``reconnecting``, so such a departure is only *suspect* until the next record.
 SUSPECT_REASONS: Final = frozenset({"", "UNKNOWN_REASON"})
 # Records that leave suspect departures undecided (both reducers): the rest of a departure's pair, the
-# unsubscriptions that follow it, the call-state echo, and the daemon's notes about the event store, which say
-# nothing about people. ``Reconnecting`` decides them itself.
+# unsubscriptions that follow it, the call-state echo, the daemon's notes about the event store, which say
+# nothing about people, and text/byte streams, which are written when a stream ends (by a task of their own, not
+# in the rtc event order), so where they land says nothing about who is in the room. ``Reconnecting`` decides
+# them itself.
 KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
                                    VideoTrackUnsubscribed, CallStateUpdated, Reconnecting, StoreUnavailable,
-                                   StoreRestored})
+                                   StoreRestored, TextStreamReceived, ByteStreamReceived})
 
 
 def livekit_reason(record: ParticipantDisconnected | ParticipantLeft) -> str:
@@ -93,22 +95,35 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PersonStats(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Per identity, over the room's life. ``seconds`` sums closed presence intervals only."""
+    """Per identity, over the room's life. ``seconds`` sums closed presence intervals only. ``messages`` and
+    ``bytes`` count data packets; ``text_streams``/``byte_streams`` count LiveKit data streams the person sent,
+    ``text_bytes``/``byte_stream_bytes`` their full sizes (UTF-8 bytes for text; truncated ones included)."""
     joins: int = 0
     rejoins: int = 0
     messages: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    text_streams: int = 0
+    text_bytes: int = 0
+    byte_streams: int = 0
+    byte_stream_bytes: int = 0
 
 
 class RoomCounters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     joins: int = 0
     rejoins: int = 0
     leaves: int = 0
-    data_messages: int = 0  # all data packets, including server ones
+    data_messages: int = 0  # all data packets, including those with no sender
     data_bytes: int = 0
-    server_messages: int = 0  # packets with no participant (sent by a server SDK)
+    # packets with no sender: sent by a server SDK, or by someone the bot's room did not know yet (rtc then drops
+    # the sender's identity; see ``DataReceived``)
+    server_messages: int = 0
     server_bytes: int = 0
+    text_streams: int = 0  # text streams (any sender), their full sizes in UTF-8 bytes
+    text_bytes: int = 0
+    byte_streams: int = 0  # byte streams (any sender), their full sizes
+    byte_stream_bytes: int = 0
+    incomplete_streams: int = 0  # streams of either kind that ended abnormally (aborted, sender or bot left)
     tracks_subscribed: int = 0
     tracks_unsubscribed: int = 0
     sessions: int = 0

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import math
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 from livekit import api, rtc
+from livekit.rtc._ffi_client import FfiClient
+from livekit.rtc._proto import ffi_pb2
 
 from .livekit_server import API_KEY, API_SECRET
 from .util import async_wait_until
@@ -200,6 +203,49 @@ class Participant:
 
     async def send_bytes(self, payload: bytes, topic: str, *, reliable: bool = True, to: list[str] | None = None) -> None:
         await self.lp.publish_data(payload, reliable=reliable, topic=topic, destination_identities=to or [])
+
+    async def send_raw_stream(self, chunks: list[bytes], *, topic: str, text: bool = True, name: str = "",
+                              mime_type: str = "", attributes: dict[str, str] | None = None,
+                              reason: str = "") -> str:
+        """A data stream built packet by packet with the FFI's low-level requests (header, chunks, trailer), as
+        another SDK, or a broken one, may send it: e.g. a text stream whose chunks are not UTF-8, which the
+        normal API cannot produce. ``reason`` non-empty ends it abnormally. Returns the stream id."""
+        stream_id = str(uuid.uuid4())
+        header = ffi_pb2.FfiRequest()
+        header.send_stream_header.header.stream_id = stream_id
+        header.send_stream_header.header.timestamp = int(time.time() * 1000)
+        header.send_stream_header.header.topic = topic
+        header.send_stream_header.header.mime_type = mime_type or ("text/plain" if text else "")
+        header.send_stream_header.header.attributes.update(attributes or {})
+        if text:
+            header.send_stream_header.header.text_header.operation_type = 0  # CREATE
+        else:
+            header.send_stream_header.header.byte_header.name = name
+        await self._ffi_stream_request(header, "send_stream_header")
+        for index, content in enumerate(chunks):
+            chunk = ffi_pb2.FfiRequest()
+            chunk.send_stream_chunk.chunk.stream_id = stream_id
+            chunk.send_stream_chunk.chunk.chunk_index = index
+            chunk.send_stream_chunk.chunk.content = content
+            await self._ffi_stream_request(chunk, "send_stream_chunk")
+        trailer = ffi_pb2.FfiRequest()
+        trailer.send_stream_trailer.trailer.stream_id = stream_id
+        trailer.send_stream_trailer.trailer.reason = reason
+        await self._ffi_stream_request(trailer, "send_stream_trailer")
+        return stream_id
+
+    async def _ffi_stream_request(self, req: ffi_pb2.FfiRequest, kind: str) -> None:
+        message = getattr(req, kind)
+        message.local_participant_handle = self.lp._ffi_handle.handle
+        message.sender_identity = self.identity
+        queue = FfiClient.instance.queue.subscribe()
+        try:
+            async_id = getattr(FfiClient.instance.request(req), kind).async_id
+            done = await queue.wait_for(lambda e: getattr(e, kind).async_id == async_id)
+        finally:
+            FfiClient.instance.queue.unsubscribe(queue)
+        if getattr(done, kind).error:
+            raise RuntimeError(f"{kind}: {getattr(done, kind).error}")
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         sender = packet.participant.identity if packet.participant else None
