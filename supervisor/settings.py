@@ -15,23 +15,32 @@ what every error message goes through.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from urllib.parse import unquote
 
 import msgspec
 
 from eventstore.keys import InvalidKeyPart, Keys
 from transport.pipeline_names import BUILTIN_NAMES, check_target, is_name
 
+from .redaction import redact as redact  # re-exported: the CLI and tests import them from settings
+from .redaction import redact_url
+from .redaction import url_secrets as url_secrets
+
 
 class SettingsError(ValueError):
-    """The configuration is invalid; the message says which setting and why."""
+    """The configuration is invalid; the message says which setting, where it came from, and why."""
+
+    def __init__(self, message: str, setting: str = "") -> None:
+        super().__init__(message)
+        self.setting = setting  # "section.field" when the message is about one setting
 
 
 class LiveKitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -73,6 +82,7 @@ class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http_port: int = 9108  # 0 disables the HTTP endpoint
     watchdog_interval: float = 0.0  # 0: from $WATCHDOG_USEC
     log_level: str = "INFO"
+    max_stream_bytes: int = 1 << 20  # content kept of one LiveKit text or byte stream; the rest is counted
 
 
 class ConsumerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -120,72 +130,16 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-# key=value pairs whose key ends like these hold a secret (password=, ?pass=, api_secret=, auth_token=, ...)
-_SECRET_QUERY_KEYS = ("password", "passwd", "pass", "pwd", "secret", "token", "auth")
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-_SECRET_PARAM = re.compile(r"(?i)\b([\w-]*(?:" + "|".join(_SECRET_QUERY_KEYS) + r"))=[^&\s'\"<>]*")
-_MIN_SECRET_LEN = 3
-
-
-def _split_url(url: str) -> tuple[str, str | None, str]:
-    """``(scheme://, userinfo or None, the rest)``. The userinfo is everything before the last ``@`` of the
-    authority, or of the whole text when an ``@`` follows a ``/``, ``?`` or ``#`` (a password with those in
-    it); text without a scheme is treated the same."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    if "@" not in rest:
-        return scheme + sep, None, rest
-    end = len(rest)
-    for stop in "/?#":
-        at = rest.find(stop)
-        if at != -1 and "@" not in rest[at:]:
-            end = min(end, at)
-    authority, tail = rest[:end], rest[end:]
-    userinfo, _, host = authority.rpartition("@")
-    return scheme + sep, userinfo, host + tail
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its userinfo (user and password) and secret query parameters (``password=`` and the like)
-    replaced by ``***``. Text without a scheme is treated as ``user:password@host...`` too."""
-    prefix, userinfo, rest = _split_url(url)
-    out = prefix + ("" if userinfo is None else "***@") + rest
-    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", out)
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secrets in ``url`` as they may appear in other text: its password (or a userinfo without ``:``) and
-    secret query parameters, raw and percent-decoded, longest first; at least three characters each, so that
-    replacing them keeps messages readable."""
-    _, userinfo, rest = _split_url(url)
-    found: list[str] = []
-    if userinfo:
-        user, colon, password = userinfo.partition(":")
-        found.append(password if colon else user)
-    found += [m.group(0).split("=", 1)[1] for m in _SECRET_PARAM.finditer(rest)]
-    found += [unquote(f) for f in found]
-    return sorted({f for f in found if len(f) >= _MIN_SECRET_LEN}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` (an error message, a log line) with every URL in it passed through :func:`redact_url`, every
-    ``password=...``-style pair masked, and each of ``secrets`` (see :func:`url_secrets`) replaced by ``***``.
-
-    The one redaction helper: every error the CLI prints and every log line of the daemon goes through it."""
-    for secret in secrets:
-        if len(secret) >= _MIN_SECRET_LEN:
-            text = text.replace(secret, "***")
-    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
-    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """Settings named by environment variables, as strings grouped by section."""
+def env_overrides(environ: Mapping[str, str],
+                  sources: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Settings named by environment variables, as strings grouped by section; ``sources`` gets
+    ``"section.field" -> "environment variable NAME"`` for each."""
     out: dict[str, dict[str, str]] = {}
+    sources = {} if sources is None else sources
     for name, (section, field) in ENV_ALIASES.items():
         if environ.get(name):
             out.setdefault(section, {})[field] = environ[name]
+            sources[f"{section}.{field}"] = f"environment variable {name}"
     for name, value in environ.items():
         if not name.startswith("RS_"):
             continue
@@ -193,13 +147,36 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         if len(parts) != 2 or parts[0] not in (*SECTIONS, *TABLES):
             continue
         section, field = parts
-        if section in TABLES:
-            out.setdefault(section, {})[field] = value
-            continue
-        if field not in SECTIONS[section].__struct_fields__:
-            raise SettingsError(f"environment variable {name}: no setting {section}.{field}")
+        if section not in TABLES and field not in SECTIONS[section].__struct_fields__:
+            near = _nearest(field, SECTIONS[section].__struct_fields__)
+            hint = f" (did you mean RS_{section.upper()}_{near.upper()}?)" if near else ""
+            raise SettingsError(f"environment variable {name}: there is no setting {section}.{field}{hint}")
         out.setdefault(section, {})[field] = value
+        sources[f"{section}.{field}"] = f"environment variable {name}"
     return out
+
+
+def _nearest(word: str, known: Iterable[str]) -> str:
+    """The known name closest to ``word`` (a typo's likely meaning), or ``""``."""
+    found = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return found[0] if found else ""
+
+
+def _check_file(path: str | os.PathLike[str], data: Mapping[str, Any], sources: dict[str, str]) -> None:
+    """Sections and keys of a config file: known ones only (a typo gets the nearest known name)."""
+    for section, values in data.items():
+        if section not in SECTIONS and section not in TABLES:
+            near = _nearest(section, (*SECTIONS, *TABLES))
+            raise SettingsError(f"config file {path}: unknown section [{section}]"
+                                + (f" (did you mean [{near}]?)" if near else ""))
+        if not isinstance(values, dict):
+            raise SettingsError(f"config file {path}: [{section}] must be a table")
+        for key in values:
+            if section not in TABLES and key not in SECTIONS[section].__struct_fields__:
+                near = _nearest(key, SECTIONS[section].__struct_fields__)
+                raise SettingsError(f"config file {path}: [{section}] has no setting {key!r}"
+                                    + (f" (did you mean {near}?)" if near else ""))
+            sources[f"{section}.{key}"] = f"config file {path}"
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -223,31 +200,52 @@ def load_settings(
     environ = os.environ if environ is None else environ
     if path is None and environ.get("ROOM_SUPERVISOR_CONFIG"):
         path = environ["ROOM_SUPERVISOR_CONFIG"]
+    sources: dict[str, str] = {}  # "section.field" -> where its value came from (the last that set it)
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SettingsError(f"config file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"config file {path} cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
-        for section, values in data.items():
-            if section not in SECTIONS and section not in TABLES:
-                raise SettingsError(f"config file {path}: unknown section [{section}]")
-            if not isinstance(values, dict):
-                raise SettingsError(f"config file {path}: [{section}] must be a table")
+        data = _read_file(path)
+        _check_file(path, data, sources)
         check_pipelines(data.get("pipelines", {}), f"config file {path}: ")
-    data = _merge(data, env_overrides(environ))
+    data = _merge(data, env_overrides(environ, sources))
+    for section, values in (overrides or {}).items():
+        sources.update({f"{section}.{field}": _FLAGS.get(f"{section}.{field}", "the command line") for field in values})
     data = _merge(data, overrides or {})
     check_pipelines(data.get("pipelines", {}))
     try:
         settings = msgspec.convert(data, Settings, strict=False)
+        validate(settings)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid setting: {exc}") from None
-    validate(settings)
+        raise _with_source(SettingsError(f"invalid setting: {exc}", _setting_of(str(exc))), sources) from None
+    except SettingsError as exc:
+        raise _with_source(exc, sources) from None
     return settings
+
+
+# Command-line flags that override a setting (supervisor.cli.main.settings_from).
+_FLAGS = {"redis.url": "--redis-url", "redis.prefix": "--prefix"}
+
+
+def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _setting_of(message: str) -> str:
+    """``section.field`` from msgspec's ``... - at `$.section.field```."""
+    found = re.search(r"at `\$\.(\w+)\.(\w+)", message)
+    return f"{found.group(1)}.{found.group(2)}" if found else ""
+
+
+def _with_source(exc: SettingsError, sources: Mapping[str, str]) -> SettingsError:
+    """``exc`` with where its setting's value came from (a file, an environment variable, a flag)."""
+    source = sources.get(exc.setting)
+    return SettingsError(f"{exc} (from {source})", exc.setting) if source else exc
 
 
 def check_pipelines(table: Mapping[str, Any], where: str = "") -> None:
@@ -270,11 +268,14 @@ def validate(s: Settings) -> None:
     """Checks that types alone cannot express."""
     check_pipelines(s.pipelines)
     if not s.livekit.url.startswith(("ws://", "wss://", "http://", "https://")):
-        raise SettingsError(f"livekit.url must start with ws://, wss://, http:// or https://, got {s.livekit.url!r}")
+        raise SettingsError(f"livekit.url must start with ws://, wss://, http:// or https://, got {s.livekit.url!r}",
+                            "livekit.url")
     if not s.livekit.api_key or not s.livekit.api_secret:
-        raise SettingsError("livekit.api_key and livekit.api_secret must be set")
+        raise SettingsError("livekit.api_key and livekit.api_secret must be set",
+                            "livekit.api_key" if not s.livekit.api_key else "livekit.api_secret")
     if not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"redis.url must start with redis://, rediss:// or unix://, got {redact_url(s.redis.url)!r}")
+        raise SettingsError("redis.url must start with redis://, rediss:// or unix://, got "
+                            f"{redact_url(s.redis.url)!r}", "redis.url")
     positive = {
         "redis.partitions": s.redis.partitions, "writer.max_batch": s.writer.max_batch,
         "writer.max_pending": s.writer.max_pending, "daemon.max_rooms": s.daemon.max_rooms,
@@ -285,19 +286,51 @@ def validate(s: Settings) -> None:
     }
     for name, value in positive.items():
         if value <= 0:
-            raise SettingsError(f"{name} must be positive, got {value}")
+            raise SettingsError(f"{name} must be positive, got {value}", name)
+    if s.daemon.max_stream_bytes < 0:
+        raise SettingsError(f"daemon.max_stream_bytes must not be negative, got {s.daemon.max_stream_bytes}",
+                            "daemon.max_stream_bytes")
     if s.writer.max_block < 0 or s.redis.stream_maxlen < 0:
         raise SettingsError("writer.max_block and redis.stream_maxlen must not be negative")
     if not 0 <= s.daemon.http_port <= 65535:
-        raise SettingsError(f"daemon.http_port must be 0..65535, got {s.daemon.http_port}")
+        raise SettingsError(f"daemon.http_port must be 0..65535, got {s.daemon.http_port}", "daemon.http_port")
     if s.daemon.rejoin_base <= 0 or s.daemon.rejoin_max < s.daemon.rejoin_base:
         raise SettingsError("daemon.rejoin_base must be positive and not above daemon.rejoin_max")
     try:
         Keys(s.redis.prefix)
     except InvalidKeyPart as exc:
-        raise SettingsError(f"redis.prefix: {exc}") from None
+        raise SettingsError(f"redis.prefix: {exc}", "redis.prefix") from None
     if s.daemon.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise SettingsError(f"daemon.log_level must be DEBUG, INFO, WARNING or ERROR, got {s.daemon.log_level!r}")
+        raise SettingsError(f"daemon.log_level must be DEBUG, INFO, WARNING or ERROR, got {s.daemon.log_level!r}",
+                            "daemon.log_level")
+
+
+# rtc's Rust engine logs these at ERROR each time a room closes or a bot leaves: routine, not errors.
+_ROUTINE_LIVEKIT = ("data channel", "closed unexpectedly")
+MIN_SECRET_BYTES = 32  # livekit-server refuses shorter API secrets outside dev mode; PyJWT warns below it
+
+
+class _RoutineLiveKitNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and all(part in record.getMessage() for part in _ROUTINE_LIVEKIT):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_routine_noise(settings: Settings) -> None:
+    """What a daemon logs once, not on every token or room close: a short LiveKit API secret is said once
+    (PyJWT would warn at every token), and rtc's "data channel ... closed unexpectedly" at a room's close is
+    logged at INFO, not ERROR."""
+    livekit = logging.getLogger("livekit")
+    if not any(isinstance(f, _RoutineLiveKitNoise) for f in livekit.filters):
+        livekit.addFilter(_RoutineLiveKitNoise())
+    size = len(settings.livekit.api_secret.encode("utf-8"))
+    if size < MIN_SECRET_BYTES:
+        warnings.filterwarnings("ignore", message="The HMAC key is .* bytes long")
+        logging.getLogger("supervisor").warning(
+            "livekit.api_secret is %d bytes; livekit-server refuses secrets under %d bytes outside dev mode",
+            size, MIN_SECRET_BYTES)
+
 
 def set_level(level: str) -> None:
     """Apply ``level`` (DEBUG, INFO, ...) to the root logger and to loguru, which pipecat logs through at DEBUG

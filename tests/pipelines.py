@@ -94,6 +94,15 @@ def broken_factory(transport: Any, spec: Any) -> list[FrameProcessor]:
     raise ValueError("this factory cannot build a pipeline")
 
 
+def wrong_return(transport: Any, spec: Any) -> Any:
+    """Returns a processor, not a list of them: a factory of the wrong shape."""
+    return RaiseOnAudio()
+
+
+def one_argument(transport: Any) -> list[FrameProcessor]:
+    return []
+
+
 def listen_probe(transport: Any, spec: Any) -> list[FrameProcessor]:
     """The built-in ``listen`` pipeline, with the transport made reachable for the test."""
     from transport.pipelines import listen

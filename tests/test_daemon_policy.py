@@ -48,3 +48,27 @@ def test_reload_keeps_what_needs_a_restart(tmp_path):
     assert sorted(later) == ["[redis]", "[writer]", "daemon.http_port", "daemon.id"]
     same, nothing = reloadable(old, old)
     assert same == old and nothing == []
+
+
+def test_routine_livekit_noise_is_not_an_error_and_a_short_secret_is_said_once(caplog):
+    import logging
+    import warnings
+
+    from supervisor.settings import quiet_routine_noise
+    from transport.tokens import bot_token
+
+    settings = load_settings(None, environ={"LIVEKIT_API_SECRET": "secret"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO):
+            quiet_routine_noise(settings)
+            quiet_routine_noise(settings)  # a SIGHUP or a second daemon in one process adds nothing twice
+            bot_token("devkey", "secret", "room", "rs-bot-1")  # PyJWT's warning is filtered, not raised
+            rtc = logging.getLogger("livekit")
+            rtc.error("publisher data channel '_lossy' closed unexpectedly")
+            rtc.error("something else failed")
+    levels = {r.getMessage(): r.levelname for r in caplog.records if r.name == "livekit"}
+    assert levels == {"publisher data channel '_lossy' closed unexpectedly": "INFO", "something else failed": "ERROR"}
+    said = [r.getMessage() for r in caplog.records if "api_secret is 6 bytes" in r.getMessage()]
+    assert len(said) == 2 and "refuses secrets under 32 bytes" in said[0]
+    assert len([f for f in logging.getLogger("livekit").filters]) == 1

@@ -140,3 +140,46 @@ def test_garbage_pipelines_are_named(tmp_path, text, env, says):
     with pytest.raises(SettingsError) as info:
         load_settings(write(tmp_path, text), environ=env)
     assert says in str(info.value)
+
+
+# ----- errors say where the value came from, and what was probably meant --------------------------------------
+
+
+def _error(tmp_path, toml: str = "", environ: dict | None = None, overrides: dict | None = None) -> str:
+    path = None
+    if toml:
+        path = tmp_path / "room-supervisor.toml"
+        path.write_text(toml)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ=environ or {}, overrides=overrides)
+    return str(caught.value)
+
+
+def test_a_typo_in_the_file_names_the_file_and_the_nearest_setting(tmp_path):
+    said = _error(tmp_path, "[daemon]\nmax_room = 10\n")
+    assert said == f"config file {tmp_path / 'room-supervisor.toml'}: [daemon] has no setting 'max_room' (did you mean max_rooms?)"
+    assert "did you mean [daemon]?" in _error(tmp_path, "[deamon]\nid = 'x'\n")
+    assert "did you mean" not in _error(tmp_path, "[daemon]\nzzzzzz = 1\n")
+
+
+def test_a_typo_in_the_environment_names_the_variable_and_the_nearest_one(tmp_path):
+    said = _error(tmp_path, environ={"RS_DAEMON_MAX_ROOM": "3"})
+    assert said == ("environment variable RS_DAEMON_MAX_ROOM: there is no setting daemon.max_room "
+                    "(did you mean RS_DAEMON_MAX_ROOMS?)")
+
+
+@pytest.mark.parametrize("toml, environ, overrides, source", [
+    ("[daemon]\nmax_rooms = 'ten'\n", {}, None, "config file"),
+    ("", {"RS_DAEMON_LEASE_TTL": "abc"}, None, "environment variable RS_DAEMON_LEASE_TTL"),
+    ("[daemon]\nlease_ttl = 1.0\n", {"RS_DAEMON_LEASE_TTL": "-2"}, None, "environment variable RS_DAEMON_LEASE_TTL"),
+    ("", {"REDIS_URL": "localhost:6379"}, None, "environment variable REDIS_URL"),
+    ("[redis]\nurl = 'redis://127.0.0.1/0'\n", {}, {"redis": {"url": "localhost:1"}}, "--redis-url"),
+    ("[livekit]\nurl = '127.0.0.1:7880'\n", {}, None, "config file"),
+])
+def test_a_bad_value_names_where_it_came_from(tmp_path, toml, environ, overrides, source):
+    assert f"(from {source}" in _error(tmp_path, toml, environ, overrides)
+
+
+def test_a_url_without_a_scheme_is_refused_as_typed(tmp_path):
+    said = _error(tmp_path, environ={"REDIS_URL": "localhost:6379"})
+    assert "got 'localhost:6379'" in said and "redis://" in said

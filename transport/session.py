@@ -9,7 +9,9 @@ why in a :class:`SessionOutcome`. What ends a session:
   lost for good (rejoin). pipecat keeps such a pipeline running; we cancel it;
 - the pipeline fails (an ``ErrorFrame`` or an exception in the factory): reason ``pipeline_error``; a pipeline
   name that is not registered (built in, ``spec.pipelines``, entry points) is ``pipeline_error`` without rejoin,
-  and nothing is imported for it;
+  and nothing is imported for it; so is a registered one that cannot be used (its module does not import, it
+  is not a ``factory(transport, spec)``, or it returned something other than a list of processors): trying
+  again would fail the same way;
 - the pipeline ends by itself (the bot's own ``EndFrame``): reason ``left``.
 
 It never raises for a failing pipeline; only cancellation propagates.
@@ -30,9 +32,10 @@ from pipecat.workers.runner import WorkerRunner
 from eventstore.records import SessionEnded, SessionStarted
 from eventstore.writer import EventWriter
 
-from .pipelines import SAMPLE_RATE, PipelineNotFound, load_pipeline
+from .pipelines import SAMPLE_RATE, PipelineNotFound, build_processors, load_pipeline
 from .recorder import EventRecorder
 from .recording import RecordingLiveKitTransport
+from .streams import MAX_STREAM_BYTES
 from .tokens import bot_token
 
 log = logging.getLogger("transport")
@@ -71,6 +74,7 @@ class SessionSpec:
     # name -> "module:function" registered by the daemon's settings ([pipelines]); `pipeline` is resolved
     # through it, the built-ins and entry points only (transport.pipelines.load_pipeline)
     pipelines: Mapping[str, str] = field(default_factory=dict, hash=False)
+    max_stream_bytes: int = MAX_STREAM_BYTES  # content kept of one LiveKit text or byte stream; the rest is counted
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,9 @@ class _Session:
         definition = load_pipeline(spec.pipeline, spec.pipelines)
         token = bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
         transport = RecordingLiveKitTransport(spec.livekit_url, token, spec.room, self.recorder,
-                                              definition.params())
+                                              definition.params(), max_stream_bytes=spec.max_stream_bytes)
         self.transport = transport
-        processors = definition.factory(transport, spec)
+        processors = build_processors(definition, transport, spec)
         worker = PipelineWorker(
             Pipeline([transport.input(), *processors, transport.output()]),
             params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE),
@@ -204,9 +208,13 @@ async def run_session(spec: SessionSpec, writer: EventWriter, stop: asyncio.Even
     outcome = SessionOutcome("pipeline_error", True, "not started")
     try:
         worker = session.build()  # handlers are registered before the first record, so they see "joining"
-    except PipelineNotFound as exc:
+    except PipelineNotFound as exc:  # not registered, or unusable: the same next time
+        log.error("room=%s session=%s: %s%s", spec.room, spec.session_id, exc,
+                  f"\n{exc.details}" if getattr(exc, "details", "") else "")
         outcome = SessionOutcome("pipeline_error", False, str(exc))
-    except Exception as exc:  # the user's factory failed
+    except Exception as exc:  # the user's factory failed: maybe passing trouble, so the restart budget applies
+        log.exception("room=%s session=%s: the factory of pipeline %r raised", spec.room, spec.session_id,
+                      spec.pipeline)
         outcome = SessionOutcome("pipeline_error", True, f"pipeline factory failed: {exc!r}")
     await rec.emit(SessionStarted, identity=spec.identity, pipeline=spec.pipeline, attempt=spec.attempt,
                    cause=spec.cause)

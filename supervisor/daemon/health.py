@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import redis.asyncio as aioredis
 from livekit import api as lkapi
@@ -182,3 +182,18 @@ class Probes:
         checks = {"redis": self.redis_ok, "livekit": self.livekit_ok, "loop_lag_seconds": round(lag, 3),
                   "loops": not ended}
         return Health(not problems, checks, problems)
+
+
+async def check_pipelines(registered: Mapping[str, str], daemon_id: str) -> dict[str, str]:
+    """Import every registered pipeline (``[pipelines]`` and entry points; in a thread: imports are blocking
+    I/O) and log each one that cannot be used, with its traceback, at once rather than when a room first runs
+    it. Returns name -> why, for the broken ones (rooms naming them fail once with that reason)."""
+    from transport.pipelines import check_registered
+
+    usable, broken = await asyncio.to_thread(check_registered, registered)
+    for name, exc in broken.items():
+        details = getattr(exc, "details", "")
+        log.error("daemon %s: pipeline %s cannot be used: %s%s", daemon_id, name, exc,
+                  f"\n{details}" if details else "")
+    log.info("daemon %s: pipelines ready: %s", daemon_id, ", ".join(usable) or "none")
+    return {name: str(exc) for name, exc in broken.items()}

@@ -27,9 +27,9 @@ from eventstore.writer import EventWriter, RecordsNotWritten
 from ..control import Control
 from ..errors import REDIS_TROUBLE, CommandError
 from ..heartbeat import Heartbeat, delete_heartbeat, read_heartbeat, twin, write_heartbeat
-from ..settings import Settings, SettingsError, reloadable, set_level
+from ..settings import Settings, SettingsError, quiet_routine_noise, reloadable, set_level
 from .bots import PresenceCheck
-from .health import HttpEndpoint, LoopMonitor, Probes
+from .health import HttpEndpoint, LoopMonitor, Probes, check_pipelines
 from .lease_keeper import LeaseKeeper
 from .leases import Leases
 from .loops import Loops, sleep_unless
@@ -139,6 +139,8 @@ class Daemon:
         from transport.session import run_session
 
         self._run_session = self._run_session or run_session
+        quiet_routine_noise(s)
+        await check_pipelines(s.pipelines, self.id)
         self.monitor.start()
         try:
             spool_path, self._spool_lock = own_spool(s.writer.spool_dir, self.id)
@@ -320,18 +322,19 @@ class Daemon:
     async def _reload_step(self) -> None:
         await self.reload_requested.wait()
         self.reload_requested.clear()
-        self._apply_reload()
+        if self._apply_reload():
+            await check_pipelines(self.settings.pipelines, self.id)
 
-    def _apply_reload(self) -> None:
+    def _apply_reload(self) -> bool:
         if self._reload is None:
-            return
+            return False
         self.notifier.reloading()
         try:
             new = self._reload()
         except SettingsError as exc:
             log.error("daemon %s: reload refused, keeping the old settings: %s", self.id, exc)
             self.notifier.ready()
-            return
+            return False
         self.settings, later = reloadable(self.settings, new)
         if later:
             log.warning("daemon %s: changes to %s take effect after a restart", self.id, ", ".join(later))
@@ -340,6 +343,7 @@ class Daemon:
         log.info("daemon %s: settings reloaded", self.id)
         self.notifier.ready()
         self._wake.set()
+        return True
 
     # --- heartbeat, watchdog, status -------------------------------------------------------------------------
 

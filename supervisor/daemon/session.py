@@ -277,6 +277,7 @@ class RoomSession:
             api_secret=lk.api_secret, token_ttl=lk.token_ttl, attempt=attempt, cause=cause,
             stop_reason=self._stop.reason or "drained", pipelines=settings.pipelines,
             end_timeout=max(1.0, min(10.0, settings.daemon.drain_timeout / 2)),
+            max_stream_bytes=settings.daemon.max_stream_bytes,
         )
 
     async def _next_step(self, outcome: SessionOutcome, failures: int) -> tuple[str, float] | None:
@@ -310,8 +311,12 @@ class RoomSession:
         why = f"{outcome.reason}: {outcome.detail}"
         self.ctx.metrics.errors.labels("room_failed").inc()
         await self._control_call(lambda: self.ctx.control.mark_failed(self.room, self.desired, why))
-        self._log(logging.ERROR, "restart budget spent (%d within %.0fs); room marked failed: %s",
-                  self._budget.budget, self._budget.window, why)
+        if outcome.rejoin:
+            self._log(logging.ERROR, "restart budget spent (%d within %.0fs); room marked failed: %s",
+                      self._budget.budget, self._budget.window, why)
+        else:  # trying again would fail the same way
+            self._log(logging.ERROR, "room marked failed (a restart would fail the same way; `room-supervisor join` "
+                      "tries again): %s", why)
 
     async def _control_call(self, call: Callable[[], Awaitable[bool]]) -> bool:
         """Change desired state, waiting out a Redis outage (False if a stop came first)."""
