@@ -1,5 +1,5 @@
-"""CLI commands that read the event log and projections: ``events``, ``state``, ``consume``, and how records
-and states look to a person on a terminal and as JSON lines for tools."""
+"""CLI commands that read the event log and run projections: ``events``, ``consume``, and how records and
+states look to a person on a terminal and as JSON lines for tools (``state`` is :mod:`.state`)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ import msgspec
 from redis.exceptions import RedisError
 
 from eventstore.connection import connect
-from eventstore.consumer import ProjectionRunner, materialized, replay
+from eventstore.consumer import ProjectionRunner
 from eventstore.keys import Keys
 from eventstore.projections import PROJECTIONS, Projection
 from eventstore.reader import CaughtUp, RoomReader
-from eventstore.records import DataReceived, Record, tag_of
+from eventstore.records import Record, tag_of
 
 from ..control import check_room_name
 from ..errors import CommandError
 from ..settings import Settings
+from .output import emit
+from .roomlog import room_facts
 from .rooms import redis_failed
 
 # --- how records and states look: lines for a person on a terminal, JSON lines for tools ---------------------
@@ -41,6 +43,9 @@ def _payload_text(data: bytes, limit: int = 60) -> str:
     return f"<{len(data)} bytes {data[:16].hex()}{'…' if len(data) > 16 else ''}>"
 
 
+LONG_TEXT = 200  # characters of a long text field (a text stream) shown on an events line
+
+
 def record_line(record: Record) -> str:
     """One line per record: ``seq  time  type  key=value ...`` (empty fields left out)."""
     when = _dt.datetime.fromtimestamp(record.ts, tz=_dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
@@ -51,8 +56,10 @@ def record_line(record: Record) -> str:
         value = getattr(record, name)
         if value in ("", None, [], b"") or (name == "reliable" and value is True):
             continue
-        if isinstance(record, DataReceived) and name == "data":
-            fields.append(f"data={_payload_text(value)}")
+        if isinstance(value, bytes):  # data packets, byte streams: printable text or a short hex view
+            fields.append(f"{name}={_payload_text(value)}")
+        elif isinstance(value, str) and len(value) > LONG_TEXT:  # a text stream: the start, and how long
+            fields.append(f"{name}={value[:LONG_TEXT]!r}…({len(value)} characters)")
         else:
             fields.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
     return f"{record.seq:>6}  {when}  {tag_of(record):<26} {' '.join(fields)}".rstrip()
@@ -61,12 +68,13 @@ def record_line(record: Record) -> str:
 def record_json(record: Record) -> str:
     """The record as one JSON line; data payloads as text when they are UTF-8, else base64 (``data_b64``)."""
     data: dict[str, Any] = msgspec.to_builtins(record)
-    if isinstance(record, DataReceived):
+    payload = getattr(record, "data", None)
+    if isinstance(payload, bytes):  # data packets, byte streams
         try:
-            data["data"] = record.data.decode("utf-8")
+            data["data"] = payload.decode("utf-8")
         except UnicodeDecodeError:
             data.pop("data")
-            data["data_b64"] = msgspec.to_builtins(record.data)
+            data["data_b64"] = msgspec.to_builtins(payload)
     return _json.encode(data).decode()
 
 
@@ -94,51 +102,26 @@ def load_projection(name: str) -> Projection[Any]:
 
 async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     room = check_room_name(args.room)
+    if args.since < 0:
+        raise CommandError(f"--since must be a sequence number (0 or more), got {args.since}", 2)
     redis = connect(settings.redis.url)
-    reader = RoomReader(redis, Keys(settings.redis.prefix))
+    keys = Keys(settings.redis.prefix)
+    reader = RoomReader(redis, keys)
     show = record_json if args.json else record_line
     try:
+        (await room_facts(redis, keys, room)).require_known()
         if args.follow:
             async for item in reader.follow(room, args.since):
                 if not isinstance(item, CaughtUp):
-                    print(show(item), flush=True)
+                    emit(show(item), flush=True)
         else:
             async for record in reader.iter_room(room, args.since):
-                print(show(record))
+                emit(show(record))
     except (RedisError, OSError) as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     return 0
-
-
-async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
-    room = check_room_name(args.room)
-    names = [args.projection] if args.projection else list(PROJECTIONS)
-    redis = connect(settings.redis.url)
-    keys = Keys(settings.redis.prefix)
-    different = False
-    try:
-        for name in names:
-            projection = load_projection(name)
-            if args.replay:
-                print(f"# {name} (replayed from the stream)")
-                print(state_json(await replay(redis, room, projection, keys=keys)))
-                continue
-            state, seq = await materialized(redis, room, projection, keys=keys)
-            if args.check:
-                rebuilt = await replay(redis, room, projection, keys=keys, until=seq)
-                same = msgspec.json.encode(rebuilt) == msgspec.json.encode(state)
-                different |= not same
-                print(f"{name}: {'same' if same else 'DIFFERENT'} at seq {seq}")
-                continue
-            print(f"# {name} (materialized, seq {seq})")
-            print(state_json(state))
-    except (RedisError, OSError) as exc:
-        raise redis_failed(settings, exc) from None
-    finally:
-        await redis.aclose()
-    return 3 if different else 0
 
 
 async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,9 +1,14 @@
 """``room-supervisor``: parse, load settings, run one command, turn its result or error into an exit code.
 
 The only place that ends the process. Commands live in their own modules and are imported on the branch that
-needs them: ``join``/``leave``/``rooms`` (:mod:`.rooms`) and ``events``/``state``/``consume`` (:mod:`.events`)
-talk to Redis only and never load the daemon (nor pipecat); ``serve`` imports :mod:`supervisor.daemon`, which
+needs them: ``join``/``leave``/``rooms`` (:mod:`.rooms`), ``events``/``consume`` (:mod:`.events`) and ``state``
+(:mod:`.state`) talk to Redis only and never load the daemon (nor pipecat, nor LiveKit's rtc); ``call``
+(:mod:`.call`) loads LiveKit's rtc and talks to LiveKit only; ``serve`` imports :mod:`supervisor.daemon`, which
 never imports the CLI back; ``demo`` imports the dev stack, which exists only in a source checkout.
+
+A reader of stdout that goes away (``room-supervisor events R | head``) ends any command quietly with exit 0:
+it read what it wanted. A process in which ``call`` started LiveKit's rtc ends with ``os._exit`` (:func:`exit_now`),
+like the daemon: rtc's exit-time dispose can abort a finished process.
 
 Everything printed on an error path (usage errors, configuration errors, command errors, unexpected
 exceptions, and every log line, the daemon's included) goes through :func:`.parser.redact_text`.
@@ -22,7 +27,8 @@ from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
 from ..errors import CommandError
 from ..settings import Settings, SettingsError, load_settings, set_level
-from .parser import EXIT_FAILURE, EXIT_MISSING, EXIT_USAGE, build_parser, redact_text, remember_secrets
+from .output import OutputClosed, flush, silence_stdout
+from .parser import EXIT_FAILURE, EXIT_MISSING, EXIT_OK, EXIT_USAGE, build_parser, redact_text, remember_secrets
 
 log = logging.getLogger("supervisor")
 
@@ -45,10 +51,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _command(name: str) -> Command:
-    if name in ("events", "state", "consume"):
+    if name in ("events", "consume"):
         from . import events
 
         return getattr(events, f"cmd_{name}")
+    if name == "state":
+        from .state import cmd_state
+
+        return cmd_state
+    if name == "call":
+        from .call import cmd_call
+
+        return cmd_call
     if name in ("join", "leave", "rooms"):
         from . import rooms
 
@@ -100,6 +114,18 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+    except (OutputClosed, BrokenPipeError):  # `| head` read what it wanted: nothing went wrong
+        silence_stdout()
+        code = EXIT_OK
+    call = sys.modules.get(f"{__package__}.call")
+    if call is not None and call.rtc_started():  # LiveKit's rtc ran here: its exit-time dispose can abort
+        exit_now(code, forced=False)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     remember_secrets(sys.argv[1:] if argv is None else argv)  # before parsing: a usage error echoes arguments
     args = build_parser().parse_args(argv)
     remember_secrets([getattr(args, "redis_url", None)])
@@ -109,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         settings = settings_from(args)
         remember_secrets([settings.redis.url])
-        return run_on_uvloop(_command(args.command)(args, settings))
+        code = run_on_uvloop(_command(args.command)(args, settings))
+        flush()  # what is still buffered for a pipe: a reader gone by now is found here, not at exit
+        return code
+    except (OutputClosed, BrokenPipeError):
+        raise
     except SettingsError as exc:
         _say(f"configuration error: {exc}")
         return EXIT_USAGE

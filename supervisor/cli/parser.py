@@ -13,7 +13,7 @@ from typing import Iterable, NoReturn
 
 from ..settings import redact, url_secrets
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIFFERENT, EXIT_MISSING = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIFFERENT, EXIT_MISSING, EXIT_BEHIND = 0, 1, 2, 3, 4, 5
 
 DESCRIPTION = """\
 Supervise LiveKit rooms with pipecat bots, and record every transport event to Redis Streams.
@@ -27,12 +27,16 @@ examples:
   room-supervisor rooms
   room-supervisor events support-42 --follow
   room-supervisor state support-42 --check
+  room-supervisor call support-42 --say hi --data
   room-supervisor leave support-42
 
 Every command but demo reads its settings from --config FILE (or $ROOM_SUPERVISOR_CONFIG), then the
 environment (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET, REDIS_URL, RS_<SECTION>_<NAME>), then the flags;
-later wins. Exit codes: 0 ok, 1 runtime error (e.g. Redis unreachable), 2 bad input, 3 `state --check` found a
-difference, 4 a prerequisite is missing. `room-supervisor COMMAND --help` says more about each command."""
+later wins. Exit codes: 0 ok, 1 runtime error (e.g. Redis or LiveKit unreachable), 2 bad input (arguments,
+configuration, room names, a room that has no records and is not desired), 3 `state --check` found a
+difference, 4 a prerequisite is missing, 5 `state`: a projection is not materialized, or is behind the room's
+stream with no consumer running (`room-supervisor consume NAME` catches it up). Output closed early
+(`| head`): the command ends quietly with exit 0. `room-supervisor COMMAND --help` says more about each command."""
 
 # name -> (one line for the command list, what it does, examples)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -60,13 +64,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rooms": (
         "list rooms: desired, held by which daemon, participants and call state",
         "List the desired rooms and the rooms with recorded events (the newest 1,000), with the daemon and\n"
-        "session that hold each, the people present and the call state (when consumers run).",
+        "session that hold each, the people present and the call state (when consumers run), and why a room is\n"
+        "not wanted any more (WANTED, WHY): failed, with the reason the daemon gave up on it; ended, with the\n"
+        "reason its last session ended (room_closed, room_deleted, removed, left, ...).",
         "room-supervisor rooms\nroom-supervisor rooms --json | jq '.rooms | keys'",
     ),
     "events": (
         "print a room's events",
-        "Print ROOM's recorded events in order: one line each, or one JSON object per line with --json.",
-        "room-supervisor events support-42\nroom-supervisor events support-42 --follow --since 120 --json",
+        "Print ROOM's recorded events in order: one line each, or one JSON object per line with --json.\n"
+        "--since SEQ is exclusive: the events after SEQ (--since 120 starts at 121). A room that has no records\n"
+        "and is not desired is an error (exit 2), so that a typo does not look like an empty room.",
+        "room-supervisor events support-42\nroom-supervisor events support-42 --follow --since 120 --json\n"
+        "room-supervisor events support-42 | head   # stops quietly, exit 0",
     ),
     "consume": (
         "run a consumer that materializes a projection",
@@ -77,16 +86,38 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "state": (
         "print a room's materialized state",
-        "Print ROOM's state as the consumers materialized it; --replay rebuilds it from the events instead,\n"
-        "--check compares the two (exit 3 when they differ).",
-        "room-supervisor state support-42\nroom-supervisor state support-42 --projection call-state --check",
+        "Print ROOM's state as the consumers materialized it, and how far it is behind the room's stream (a\n"
+        "consumer, `room-supervisor consume NAME`, catches it up). Exit 5 when a state is not materialized, or is\n"
+        "behind with no consumer running. --replay rebuilds it from the events instead; --check compares the\n"
+        "materialized state with a replay up to the same sequence number (exit 3 when they differ) and reports\n"
+        "the lag too. A room that has no records and is not desired is an error (exit 2).",
+        "room-supervisor state support-42\nroom-supervisor state support-42 --projection call-state --check\n"
+        "room-supervisor consume participants --until-caught-up && room-supervisor state support-42",
+    ),
+    "call": (
+        "join ROOM as a test caller, say TEXT, leave",
+        "Join ROOM on LiveKit as a participant (identity rs-caller-XXXXXX, with no right to publish media; the\n"
+        "token is made from livekit.url, livekit.api_key and livekit.api_secret), send TEXT as a LiveKit text\n"
+        "stream (topic lk.chat unless --topic) and, with --data, as one reliable data packet too (a bot records\n"
+        "it as data_received); wait until the sends are done (and 0.3 s more, so that the server forwards them\n"
+        "before it sees the caller leave), leave, and say what it did. LiveKit tells the others about a\n"
+        "participant that publishes nothing in batches, up to 3 s late: a bot may not record a call this short\n"
+        "arriving and leaving, and may record its data packet without a sender. Exit 1 when LiveKit cannot be\n"
+        "reached or refuses the key, 2 for bad input (room name, empty or too long text, topic, identity).",
+        "room-supervisor call myroom --say hi\n"
+        "room-supervisor call myroom --say '{\"intent\": \"book\"}' --data --topic chat\n"
+        "room-supervisor join myroom --pipeline echo && room-supervisor call myroom --say hi --data --wait 10",
     ),
     "demo": (
         "run everything on an embedded local stack with a simulated caller (from a source checkout)",
         "Start redis-server and a LiveKit dev server, run `serve`, join a room with the echo pipeline, let a\n"
         "simulated caller speak, send data, leave and rejoin, then print the events and the rebuilt state. Needs\n"
-        "a source checkout (`make demo` installs what is missing); nothing leaves this machine.",
-        "make demo\nroom-supervisor demo --no-hold --keep",
+        "a source checkout (`make demo` installs what is missing); nothing leaves this machine. With --hold (the\n"
+        "default on a terminal) the stack, the daemon and two consumers stay up until Ctrl-C or SIGTERM, and the\n"
+        "demo prints the `export REDIS_URL=... LIVEKIT_URL=...` line to use them from another shell (dev keys);\n"
+        "--no-hold (the default without a terminal) stops everything after the report.",
+        "make demo\nroom-supervisor demo --no-hold --keep\n"
+        "room-supervisor demo --hold > demo.log &   # then: grep '^export' demo.log",
     ),
 }
 
@@ -155,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "events")
     p.add_argument("room", help="the LiveKit room name")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
-    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events after sequence number SEQ")
+    p.add_argument("--since", type=int, default=0, metavar="SEQ",
+                   help="only events after sequence number SEQ (exclusive: --since 120 starts at 121)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = _command(sub, "consume")
@@ -168,12 +200,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--projection", default=None, help="participants or call-state (default: both)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--replay", action="store_true", help="rebuild from the events instead")
-    group.add_argument("--check", action="store_true", help="compare materialized with replay; exit 3 if different")
+    group.add_argument("--check", action="store_true",
+                       help="compare materialized with a replay up to the same seq; exit 3 if different")
 
-    p = _command(sub, "demo", common=False)
+    p = _command(sub, "call")
+    p.add_argument("room", help="the LiveKit room name")
+    p.add_argument("--say", required=True, metavar="TEXT", help="what to send (UTF-8, at most 64 KiB)")
+    p.add_argument("--data", action="store_true",
+                   help="also send TEXT as one reliable data packet (at most 15,000 bytes): what the event log "
+                        "records, as data_received")
+    p.add_argument("--topic", default="lk.chat", metavar="TOPIC", help="topic of the text and data (default lk.chat)")
+    p.add_argument("--identity", metavar="NAME", help="the caller's identity (default: rs-caller-<random>)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to SECONDS for a bot of ours (rs-bot-*) to be in the room (default 0: "
+                        "send at once)")
+
+    _demo_arguments(_command(sub, "demo", common=False))
+    return parser
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", metavar="DIR", help="where the servers keep their files (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir afterwards")
-    p.add_argument("--no-hold", action="store_true",
-                   help="stop at once after the report (default when not on a terminal)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--hold", action="store_true",
+                       help="keep the stack up after the report until Ctrl-C or SIGTERM, also without a terminal, "
+                            "and print the export line to use it (default on a terminal)")
+    group.add_argument("--no-hold", action="store_true",
+                       help="stop everything after the report (default when not on a terminal)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser

@@ -14,15 +14,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventstore.connection import connect
-from eventstore.consumer import materialized
 from eventstore.keys import Keys
-from eventstore.projections import PROJECTIONS
 from transport.pipeline_names import PipelineNotFound, resolve_target
 
 from ..control import Control, JoinResult, check_room_name, unusable_name
 from ..errors import CommandError
 from ..heartbeat import Heartbeat, read_heartbeats
 from ..settings import Settings, redact_url
+from .output import emit
+from .roomlog import at_a_glance
 
 log = logging.getLogger("supervisor")
 
@@ -85,28 +85,9 @@ async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _room_states(redis: Any, keys: Keys, room: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, projection in PROJECTIONS.items():  # their state exists when consumers run
-        try:
-            state, seq = await materialized(redis, room, projection, keys=keys)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            out[name] = {"error": f"unreadable state: {exc}"}
-            continue
-        if seq:
-            out[name] = _summary(name, msgspec.to_builtins(state), seq)
-    return out
-
-
-def _summary(name: str, state: dict[str, Any], seq: int) -> dict[str, Any]:
-    if name == "participants":
-        present = state.get("present") or {}
-        return {"seq": seq, "present": sorted(present) if isinstance(present, dict) else present}
-    return {"seq": seq, "state": state.get("state", ""), "phase": state.get("phase", "")}
-
-
 async def gather_rooms(redis: Any, keys: Keys) -> dict[str, dict[str, Any]]:
-    """room -> what is known about it: desired entry, which daemon holds it and how, materialized states."""
+    """room -> what is known about it: desired entry, which daemon holds it and how, its last record, the
+    materialized states, and what it comes to (``wanted``, ``why``)."""
     desired = await Control(redis, keys).desired()
     beats: list[Heartbeat] = await read_heartbeats(redis, keys)
     known = await redis.zrange(keys.rooms(), 0, KNOWN_ROOMS_SHOWN - 1, desc=True)
@@ -121,23 +102,51 @@ async def gather_rooms(redis: Any, keys: Keys) -> dict[str, dict[str, Any]]:
     for beat in beats:
         for name, view in beat.rooms.items():
             rooms.setdefault(name, {})["session"] = {"daemon": beat.id, **view}
-    for name, info in rooms.items():
-        if not unusable_name(name):  # "" has no keys
-            info.update(await _room_states(redis, keys, name))
+    usable = [name for name in rooms if not unusable_name(name)]  # "" has no keys
+    for name, facts in (await at_a_glance(redis, keys, usable)).items():
+        rooms[name].update(facts)
+    for info in rooms.values():
+        info["wanted"], info["why"] = standing(info)
     return dict(sorted(rooms.items()))
+
+
+def standing(info: dict[str, Any]) -> tuple[str, str]:
+    """(wanted, why): ``desired``; ``failed`` with the reason the daemon stored; ``ended`` with the reason of
+    the session that ended the call (the daemon removes such a room from desired state; its last record is
+    ``session_ended`` without rejoin); ``-`` when nobody wants the room and it did not end that way."""
+    desired: dict[str, Any] = info.get("desired") or {}
+    if "error" in desired:
+        return "?", desired["error"]
+    if desired.get("failed"):
+        return "failed", desired["failed"]
+    if desired:
+        return "desired", ""
+    last: dict[str, Any] = info.get("last") or {}
+    if last.get("type") == "session_ended" and not last.get("rejoin"):
+        detail = last.get("detail") or ""
+        return "ended", f"{last.get('reason') or 'ended'}{': ' + detail if detail else ''}"
+    return "-", ""
+
+
+def one_line(text: str, limit: int = 100) -> str:
+    """``text`` on one line (control characters and runs of white space as one space), at most ``limit``
+    characters."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _line(name: str, info: dict[str, Any]) -> str:
     desired: dict[str, Any] = info.get("desired") or {}
     session: dict[str, Any] = info.get("session") or {}
-    want = "failed" if desired.get("failed") else ("desired" if desired else "-")
     held = f"{session.get('state', '')}@{session.get('daemon', '')}" if session else "-"
     people = info.get("participants", {}).get("present")
     call = info.get("call-state", {})
     call_text = f"{call.get('state', '')}/{call.get('phase', '')}" if call.get("state") else "-"
     pipeline = desired.get("pipeline") or session.get("pipeline") or "-"
     people_text = ",".join(people) if people else ("0" if people == [] else "-")
-    return f"{name!r:<32} {want:<8} {pipeline:<16} {held:<28} {call_text:<20} {people_text}"
+    why = one_line(info.get("why") or "") or "-"
+    return (f"{name!r:<32} {info.get('wanted', '-'):<8} {pipeline:<16} {held:<28} {call_text:<20} "
+            f"{people_text:<16} {why}")
 
 
 async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,14 +160,15 @@ async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await redis.aclose()
     if args.json:
-        print(json.dumps({"at": time.time(), "rooms": rooms, "recorded_rooms": recorded}, ensure_ascii=False))
+        emit(json.dumps({"at": time.time(), "rooms": rooms, "recorded_rooms": recorded}, ensure_ascii=False))
         return 0
-    print(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} PEOPLE")
+    emit(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} "
+         f"{'PEOPLE':<16} WHY")
     for name, info in rooms.items():
-        print(_line(name, info))
+        emit(_line(name, info))
     if not rooms:
-        print("(no rooms)")
+        emit("(no rooms)")
     if recorded > KNOWN_ROOMS_SHOWN:
-        print(f"({recorded} rooms have recorded events; the newest {KNOWN_ROOMS_SHOWN} are listed)")
+        emit(f"({recorded} rooms have recorded events; the newest {KNOWN_ROOMS_SHOWN} are listed)")
     return 0
 

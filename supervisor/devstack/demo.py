@@ -3,22 +3,30 @@
 Starts redis-server and a LiveKit dev server (in a network namespace of its own when run as root), starts the
 daemon as a real ``room-supervisor serve`` process, joins the ``demo`` room with the ``echo`` pipeline, and
 runs a caller (a real rtc participant) that speaks a tone, hears the bot echo it, sends data, leaves, rejoins
-and leaves. Then it prints the room's events, the rebuilt participant and call state, and the redis-cli
-commands to look for yourself, and stops everything (also on Ctrl-C).
+and leaves. Then it prints the room's events and the rebuilt participant and call state.
+
+Then it stops everything, or, held (``--hold``, the default on a terminal), keeps the stack, the daemon and a
+consumer of each projection running until SIGINT or SIGTERM, and prints the ``export`` line and the commands to
+use them from another shell. SIGINT and SIGTERM stop everything at any point; once stopping, further ones are
+ignored (stopping is bounded), so nothing it started is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 from eventstore.connection import connect
 from eventstore.reader import RoomReader
@@ -26,14 +34,53 @@ from eventstore.reader import RoomReader
 from ..errors import CommandError
 from .daemon_process import REPO, DaemonProcess
 from .participant import Participant
-from .report import print_report
+from .report import print_held, print_report
 from .stack import LocalStack
+from .util import terminate
 
 ROOM = "demo"
+CONSUMED = ("participants", "call-state")
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    """Print a line now. A reader that went away (``| head``) does not stop the demo half-way, with servers
+    left running: the rest goes to /dev/null."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+class Signals:
+    """SIGINT and SIGTERM: while the stack is held they end the hold; before, they interrupt the demo
+    (``KeyboardInterrupt``); once it is stopping they are ignored, so that stopping finishes."""
+
+    def __init__(self) -> None:
+        self.release: Callable[[], None] | None = None
+        self.stopping = False
+        self.received = 0
+        self._before: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._before[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+        if self.stopping:
+            return
+        if self.release is not None:
+            self.release()
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
 
 
 class Cli:
@@ -41,6 +88,22 @@ class Cli:
 
     def __init__(self, daemon: DaemonProcess) -> None:
         self.daemon = daemon
+        self.consumers: list[subprocess.Popen[bytes]] = []
+
+    def start_consumers(self) -> None:
+        """``room-supervisor consume NAME`` for each projection, running until :meth:`stop_consumers`."""
+        log = open(self.daemon.dir / "consumers.log", "ab")  # noqa: SIM115 - the children own it
+        for name in CONSUMED:
+            self.consumers.append(subprocess.Popen(
+                [sys.executable, "-m", "supervisor.cli", "consume", name, "--config", str(self.daemon.config)],
+                cwd=REPO, env=self.daemon.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True))
+        log.close()
+
+    def stop_consumers(self) -> None:
+        for proc in self.consumers:
+            terminate(proc, timeout=10)
+        self.consumers.clear()
 
     async def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
         say(f"$ room-supervisor {' '.join(args)}")
@@ -69,7 +132,19 @@ def _tags(records):
     return [type(r).__struct_config__.tag for r in records]
 
 
-async def _scenario(stack: LocalStack, cli: Cli, hold: bool) -> None:
+async def _hold(stack: LocalStack, cli: Cli, signals: Signals) -> None:
+    """Keep everything up, with consumers running, until SIGINT or SIGTERM."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals.release = lambda: loop.call_soon_threadsafe(stopped.set)
+    cli.start_consumers()
+    print_held(stack, cli.daemon, CONSUMED, say)
+    await stopped.wait()
+    signals.stopping, signals.release = True, None  # the loop closes soon; later signals are ignored
+    say(f"\n==> {signal.Signals(signals.received).name}: stopping everything")
+
+
+async def _scenario(stack: LocalStack, cli: Cli, hold: bool, signals: Signals) -> None:
     assert stack.redis and stack.livekit
     redis = connect(stack.redis.url)
     reader = RoomReader(redis)
@@ -103,8 +178,10 @@ async def _scenario(stack: LocalStack, cli: Cli, hold: bool) -> None:
         await _wait_for(reader, ROOM, lambda rs: "session_ended" in _tags(rs), 30, "the session to end")
         await print_report(redis, ROOM, stack.redis.port, cli.run, say)
         if hold:
-            say("\nThe local stack stays up so you can run these commands. Press Ctrl-C to stop everything.")
-            await asyncio.Event().wait()
+            await _hold(stack, cli, signals)
+        else:
+            say("\n==> done; stopping everything (`room-supervisor demo --hold` keeps the stack up to look around, "
+                "and prints how to use it from another shell)")
     finally:
         await redis.aclose()
 
@@ -122,7 +199,9 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(workdir)
     daemon: DaemonProcess | None = None
-    interrupted = False
+    cli: Cli | None = None
+    signals = Signals()
+    signals.install()
     try:
         stack.start(say)
         assert stack.redis and stack.livekit
@@ -132,19 +211,30 @@ def run_demo(args: argparse.Namespace) -> int:
         daemon.start()
         say(f"==> room-supervisor serve --config {daemon.config} started (pid {daemon.pid}, log {daemon.log_path}, "
             f"metrics http://127.0.0.1:{daemon.http_port}/metrics)")
-        hold = sys.stdin.isatty() and not args.no_hold
-        asyncio.run(_scenario(stack, Cli(daemon), hold))
+        hold = args.hold or (sys.stdin.isatty() and not args.no_hold)
+        cli = Cli(daemon)
+        asyncio.run(_scenario(stack, cli, hold, signals))
     except KeyboardInterrupt:
-        interrupted = True
-        say("\n==> interrupted; stopping everything")
+        say(f"\n==> {signal.Signals(signals.received or signal.SIGINT).name}: interrupted; stopping everything")
+        return 128 + (signals.received or signal.SIGINT)
     finally:
-        if daemon is not None:
-            code, took = daemon.stop(20.0)
-            say(f"==> daemon stopped with SIGTERM: exit {code} after {took:.1f}s")
-        stack.stop()
-        say("==> local redis-server and livekit-server stopped")
-        if args.keep or args.workdir:
-            say(f"    files kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 130 if interrupted else 0
+        signals.stopping = True
+        _stop(stack, daemon, cli, workdir, keep=bool(args.keep or args.workdir))
+        signals.restore()
+    return 0
+
+
+def _stop(stack: LocalStack, daemon: DaemonProcess | None, cli: Cli | None, workdir: Path, *, keep: bool) -> None:
+    if cli is not None and cli.consumers:
+        cli.stop_consumers()
+        say("==> consumers stopped")
+    if daemon is not None:
+        code, took = daemon.stop(20.0)
+        say(f"==> daemon stopped with SIGTERM: exit {code} after {took:.1f}s")
+    stack.stop()
+    say("==> local redis-server and livekit-server stopped")
+    if keep:
+        say(f"    files kept in {workdir} (the daemon's log: {daemon.log_path if daemon else '-'})")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        say(f"    removed {workdir}, the daemon's log with it (--keep or --workdir DIR keeps them)")

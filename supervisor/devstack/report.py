@@ -1,11 +1,12 @@
-"""What the demo prints at the end: the room's events, the rebuilt state, and how to look for yourself."""
+"""What the demo prints: the room's events, the rebuilt state, the log in redis-cli, and, while the stack is held,
+how to use it from another shell."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import shutil
 import subprocess
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import redis.asyncio as aioredis
 
@@ -85,9 +86,28 @@ async def print_report(redis: aioredis.Redis, room: str, redis_port: int, run: R
     say("\n=== the same log in redis-cli (first two entries) ===")
     say(f"$ redis-cli -p {redis_port} XRANGE '{base}:events' - + COUNT 2")
     say(redis_cli_excerpt(redis_port, f"{base}:events"))
-    say("\n=== look for yourself ===")
-    say(f"  redis-cli -p {redis_port} XRANGE '{base}:events' - +")
-    say(f"  redis-cli -p {redis_port} HGETALL '{base}:state:participants'")
-    say(f"  redis-cli -p {redis_port} HGET '{base}:state:call-state' state")
-    say(f"  room-supervisor events {room} --redis-url redis://127.0.0.1:{redis_port}/0")
-    say(f"  room-supervisor state {room} --check --redis-url redis://127.0.0.1:{redis_port}/0")
+
+
+def exports(stack: Any) -> str:
+    """The settings another shell needs to use the stack (dev keys: it is the local dev stack)."""
+    return (f"export REDIS_URL={stack.redis.url} LIVEKIT_URL={stack.livekit.url} "
+            f"LIVEKIT_API_KEY={stack.api_key} LIVEKIT_API_SECRET={stack.api_secret}")
+
+
+def print_held(stack: Any, daemon: Any, consumed: Sequence[str], say: Callable[[str], None],
+               room: str = "demo") -> None:
+    """What a person can do while the stack is held: the settings to export and the commands to run."""
+    base = Keys().room_base(room)
+    port = stack.redis.port
+    say("\n=== the stack stays up: use it from another shell (dev keys; only this machine can reach it) ===")
+    say(exports(stack))
+    say("  room-supervisor rooms")
+    say("  room-supervisor join myroom --pipeline echo")
+    say("  room-supervisor call myroom --say hi --data --wait 10")
+    say("  room-supervisor events myroom --follow")
+    say("  room-supervisor state myroom")
+    say(f"  redis-cli -p {port} XRANGE '{base}:events' - +")
+    say(f"  redis-cli -p {port} HGETALL '{base}:state:participants'")
+    say(f"running: the daemon {daemon.id} (pid {daemon.pid}, log {daemon.log_path}, "
+        f"metrics http://127.0.0.1:{daemon.http_port}/metrics) and a consumer of {' and '.join(consumed)}")
+    say("Ctrl-C (or SIGTERM) stops everything.")
