@@ -121,7 +121,7 @@ def test_demo_hold_without_a_terminal_serves_a_developers_loop_then_stops_on_sig
     err = (tmp_path / "demo.err").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "demo", "--hold", "--workdir",
                              str(tmp_path / "demo")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **YOUR_PIPELINE})
     lines = Lines(proc)
     try:
         line = lines.until(lambda text: text.startswith("export "), 240, "export line")
@@ -152,6 +152,9 @@ def test_demo_hold_without_a_terminal_serves_a_developers_loop_then_stops_on_sig
         socket.create_connection(("127.0.0.1", port), timeout=2).close()  # the stack is gone
 
 
+YOUR_PIPELINE = {"RS_PIPELINES_MYBOT": "tests.pipelines:handlers"}
+
+
 def _developers_loop(env: dict[str, str]) -> None:
     """What the README's loop does in a second terminal, against the held stack."""
     listed = run_cli("rooms", env=env)
@@ -175,3 +178,13 @@ def _developers_loop(env: dict[str, str]) -> None:
         return state.returncode == 0 and "participants: same at seq" in state.stdout
 
     wait_until(materialized, 60, "the demo's consumers to catch up", interval=0.5)
+
+    # your own pipeline: the demo's daemon took RS_PIPELINES_<NAME> (and PYTHONPATH) from the demo's environment
+    mine = {**env, **YOUR_PIPELINE}
+    assert run_cli("join", "mine", "--pipeline", "mybot", env=mine).returncode == 0
+
+    def joined() -> bool:
+        events = run_cli("events", "mine", env=mine).stdout
+        return "pipeline='mybot'" in events and re.search(r"^\s+\d+\s+\S+\s+connected ", events, re.M) is not None
+
+    wait_until(joined, 60, "the demo's daemon to join with your pipeline", interval=0.5)

@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from eventstore.connection import connect
 from eventstore.reader import RoomReader
@@ -193,6 +193,15 @@ def _quiet_third_parties() -> None:
     logging.getLogger("eventstore").setLevel(logging.WARNING)
 
 
+def your_pipelines(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the demo's daemon takes from the demo's environment so that it can run your pipelines too:
+    ``RS_PIPELINES_<NAME>`` and ``PYTHONPATH`` (after the checkout's own)."""
+    env = {name: value for name, value in environ.items() if name.startswith("RS_PIPELINES_")}
+    if environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), environ["PYTHONPATH"]])
+    return env
+
+
 def run_demo(args: argparse.Namespace) -> int:
     _quiet_third_parties()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="room-supervisor-demo-"))
@@ -206,7 +215,8 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.start(say)
         assert stack.redis and stack.livekit
         daemon = DaemonProcess(workdir, stack.redis.url, stack.livekit.url, daemon_id="demo-daemon",
-                               env={"LIVEKIT_API_KEY": stack.api_key, "LIVEKIT_API_SECRET": stack.api_secret},
+                               env={"LIVEKIT_API_KEY": stack.api_key, "LIVEKIT_API_SECRET": stack.api_secret,
+                                    **your_pipelines(os.environ)},
                                drain_timeout=10.0)
         daemon.start()
         say(f"==> room-supervisor serve --config {daemon.config} started (pid {daemon.pid}, log {daemon.log_path}, "
