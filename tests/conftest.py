@@ -19,6 +19,7 @@ from harness.fixtures import (  # noqa: E402,F401 - fixtures are found by name
     ACTIVE_REDIS,
     _rs_no_leaked_tasks,
     _rs_task_guard,
+    bot,
     bot_factory,
     clients,
     fresh_livekit,

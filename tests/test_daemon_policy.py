@@ -50,7 +50,7 @@ def test_reload_keeps_what_needs_a_restart(tmp_path):
     assert same == old and nothing == []
 
 
-def test_routine_livekit_noise_is_not_an_error_and_a_short_secret_is_said_once(caplog):
+def test_routine_livekit_noise_is_not_an_error_and_a_short_secret_is_said_at_start_not_per_token(caplog):
     import logging
     import warnings
 

@@ -9,18 +9,8 @@ from livekit import api
 from eventstore.records import tag_of
 from harness.livekit_server import API_KEY, API_SECRET
 
-from botsession import BotSession
 
 pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def bot(redis_url, livekit_server, room_name):
-    session = BotSession(redis_url, livekit_server.url, room_name)
-    try:
-        yield await session.start()
-    finally:
-        await session.aclose()
 
 
 def by_type(records, tag):

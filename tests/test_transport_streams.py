@@ -23,15 +23,6 @@ from transport.streams import MAX_STREAM_BYTES
 pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-async def bot(redis_url, livekit_server, room_name):
-    session = BotSession(redis_url, livekit_server.url, room_name)
-    try:
-        yield await session.start()
-    finally:
-        await session.aclose()
-
-
 def bot_room(bot: BotSession):
     """The bot's rtc room (the ``handlers`` test pipeline keeps the transport of the latest session)."""
     return test_pipelines.TRANSPORTS[bot.room]._client.room

@@ -138,3 +138,15 @@ async def bot_factory(livekit_server, room_name) -> AsyncIterator:
     finally:
         for bot in made:
             await bot.stop()
+
+
+@pytest.fixture
+async def bot(redis_url, livekit_server, room_name):
+    """A started BotSession (tests/botsession.py) in ``room_name``; closed after the test."""
+    from botsession import BotSession
+
+    session = BotSession(redis_url, livekit_server.url, room_name)
+    try:
+        yield await session.start()
+    finally:
+        await session.aclose()
