@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 import msgspec
 
 from eventstore.keys import InvalidKeyPart, Keys
+from transport.audio_format import AudioFormat
 from transport.pipeline_names import BUILTIN_NAMES, check_target, is_name
 
 from .redaction import redact as redact  # re-exported: the CLI and tests import them from settings
@@ -83,6 +84,15 @@ class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     watchdog_interval: float = 0.0  # 0: from $WATCHDOG_USEC
     log_level: str = "INFO"
     max_stream_bytes: int = 1 << 20  # content kept of one LiveKit text or byte stream; the rest is counted
+    # a new room is taken only while the daemon's load (event-loop CPU and lag, 0..1) is below this; rooms it
+    # declines stay desired for other daemons. 1.0 or more: admission by load is off, only max_rooms limits
+    load_threshold: float = 0.7
+
+
+class AudioSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    in_sample_rate: int = 16000  # the pipeline's input audio (the rtc SDK resamples natively)
+    out_sample_rate: int = 24000  # the bot's published audio
+    frame_ms: int = 20  # input frame length: 10 ms frames cost about twice the CPU of 20 ms ones
 
 
 class ConsumerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +106,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
     # name -> "module:function": the pipelines `join --pipeline NAME` may name, besides the built-ins and the
     # entry points in the group room_supervisor.pipelines (these names win over entry points)
@@ -116,6 +127,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "redis": RedisSettings,
     "writer": WriterSettings,
     "daemon": DaemonSettings,
+    "audio": AudioSettings,
     "consumer": ConsumerSettings,
 }
 # Sections that are a free table of name -> value rather than fixed fields.
@@ -296,6 +308,13 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"daemon.http_port must be 0..65535, got {s.daemon.http_port}", "daemon.http_port")
     if s.daemon.rejoin_base <= 0 or s.daemon.rejoin_max < s.daemon.rejoin_base:
         raise SettingsError("daemon.rejoin_base must be positive and not above daemon.rejoin_max")
+    if s.daemon.load_threshold <= 0:
+        raise SettingsError(f"daemon.load_threshold must be positive, got {s.daemon.load_threshold}",
+                            "daemon.load_threshold")
+    try:
+        audio_format(s)
+    except ValueError as exc:
+        raise SettingsError(f"audio.{exc}", f"audio.{str(exc).split(' ', 1)[0]}") from None
     try:
         Keys(s.redis.prefix)
     except InvalidKeyPart as exc:
@@ -303,6 +322,12 @@ def validate(s: Settings) -> None:
     if s.daemon.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"daemon.log_level must be DEBUG, INFO, WARNING or ERROR, got {s.daemon.log_level!r}",
                             "daemon.log_level")
+
+
+def audio_format(s: Settings) -> AudioFormat:
+    """The ``[audio]`` settings as the sessions use them; ValueError naming the field for a value not allowed."""
+    return AudioFormat(in_sample_rate=s.audio.in_sample_rate, out_sample_rate=s.audio.out_sample_rate,
+                       frame_ms=s.audio.frame_ms)
 
 
 # rtc's Rust engine logs these at ERROR each time a room closes or a bot leaves: routine, not errors.
@@ -347,13 +372,13 @@ def set_level(level: str) -> None:
 def reloadable(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     """The settings a running daemon adopts on SIGHUP, and what it cannot adopt without a restart.
 
-    [livekit] (used by the next sessions) and [daemon] apply at once, except the daemon's id and HTTP address;
+    [livekit] and [audio] (used by the next sessions) and [daemon] apply at once, except the daemon's id and HTTP address;
     [redis] and [writer] belong to connections and files already open.
     """
     later = [f"[{section}]" for section in ("redis", "writer") if getattr(new, section) != getattr(old, section)]
     fixed = {name: getattr(old.daemon, name) for name in ("id", "http_host", "http_port")}
     later += [f"daemon.{name}" for name, value in fixed.items() if getattr(new.daemon, name) != value]
     daemon = msgspec.structs.replace(new.daemon, **fixed)
-    merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, consumer=new.consumer,
-                      pipelines=new.pipelines)
+    merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, audio=new.audio,
+                      consumer=new.consumer, pipelines=new.pipelines)
     return merged, later

@@ -25,6 +25,7 @@ from harness.fixtures import (  # noqa: E402,F401 - fixtures are found by name
     fresh_livekit,
     fresh_redis,
     livekit_server,
+    make_bot,
     participant_factory,
     redis_server,
     redis_url,

@@ -111,3 +111,30 @@ def listen_probe(transport: Any, spec: Any) -> list[FrameProcessor]:
     processors = listen(transport, spec)
     PROCESSORS[spec.room] = processors
     return processors
+
+
+listen_probe.audio_in = False  # type: ignore[attr-defined]  # as a user's factory says it: no input audio
+
+
+class InputProbe(FrameProcessor):
+    """Echoes, and keeps (sample rate, bytes) of the first input audio frames it sees."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.frames: list[tuple[int, int]] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, InputAudioRawFrame) and len(self.frames) < 200:
+            self.frames.append((frame.sample_rate, len(frame.audio)))
+        await super().process_frame(frame, direction)
+
+
+class EchoProbe(InputProbe, EchoAudio):
+    pass
+
+
+def echo_probe(transport: Any, spec: Any) -> list[FrameProcessor]:
+    """The built-in ``echo``, with the transport and what the pipeline hears made reachable for the test."""
+    TRANSPORTS[spec.room] = transport
+    processors = PROCESSORS[spec.room] = [EchoProbe()]
+    return processors

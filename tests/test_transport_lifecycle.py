@@ -14,25 +14,8 @@ from harness.livekit_server import API_KEY, API_SECRET
 from harness.util import async_wait_until
 
 import tests.pipelines as test_pipelines
-from botsession import BotSession
 
 pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(150)]
-
-
-@pytest.fixture
-async def make_bot(redis_url, livekit_server, room_name):
-    made: list[BotSession] = []
-
-    async def make(pipeline: str = "handlers", *, start: bool = True, **spec):
-        bot = BotSession(redis_url, livekit_server.url, room_name, pipeline, **spec)
-        made.append(bot)
-        return await bot.start() if start else bot
-
-    try:
-        yield make
-    finally:
-        for bot in made:
-            await bot.aclose()
 
 
 async def test_full_reconnect_is_recorded_and_nobody_leaves(make_bot, participant_factory):
@@ -125,24 +108,6 @@ async def test_broken_factory_and_unknown_pipeline_are_recorded(make_bot):
     types = await bot.types()
     assert types.count("session_started") == 2 and types.count("session_ended") == 2
     assert "connected" not in types
-
-
-async def test_listen_pipeline_keeps_no_audio_queued(make_bot, participant_factory):
-    bot = await make_bot("listen_probe")
-    alice = await participant_factory("alice")
-    await alice.publish_tone()
-    await bot.wait_for("audio_track_subscribed", participant_id="alice")
-    client = test_pipelines.TRANSPORTS[bot.room]._client
-    [discard] = test_pipelines.PROCESSORS[bot.room]
-    peak = 0
-
-    def enough_audio_consumed() -> bool:
-        nonlocal peak
-        peak = max(peak, client._audio_queue.qsize())
-        return discard.dropped >= 300  # ~3 s of 10 ms frames went through the pipeline
-
-    await async_wait_until(enough_audio_consumed, 30, "300 audio frames to be consumed", interval=0.05)
-    assert peak < 50, f"listen let {peak} audio frames pile up"
 
 
 async def test_garbage_data_messages_are_recorded_byte_exact(make_bot, participant_factory):

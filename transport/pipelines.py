@@ -5,7 +5,10 @@ nothing else, in particular no ``module:function`` read from Redis, is ever impo
 
 A pipeline factory has the signature ``factory(transport, spec) -> list[FrameProcessor]`` and returns the
 processors that go between ``transport.input()`` and ``transport.output()``. It may register event handlers
-on the transport (``@transport.event_handler("on_first_participant_joined")``) like any pipecat bot.
+on the transport (``@transport.event_handler("on_first_participant_joined")``) like any pipecat bot. Input
+audio arrives at ``spec.audio.in_sample_rate`` in frames of ``spec.audio.frame_ms``; output audio is published
+at ``spec.audio.out_sample_rate`` (the daemon's ``[audio]`` settings). A factory that never uses input audio sets
+the attribute ``audio_in = False`` on itself (as ``listen`` does): its rooms then decode no audio in Python.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.livekit.transport import LiveKitParams
 
+from .audio import AudioFormat
 from .pipeline_names import PipelineNotFound, check_target, known_names, resolve_target
-
-SAMPLE_RATE = 48_000
 
 PipelineFactory = Callable[[Any, Any], list[FrameProcessor]]
 
@@ -39,8 +41,8 @@ class EchoAudio(FrameProcessor):
 
 
 class DiscardAudio(FrameProcessor):
-    """Consumes input audio so nothing queues up. pipecat queues subscribed audio without bound when audio
-    input is disabled, so ``listen`` keeps input enabled and drops the frames here instead."""
+    """Drops input audio (a pipeline that takes none gets none: see :mod:`transport.audio`; this is for a
+    pipeline built with audio input on, like the process-per-call baseline of ``bench/rooms.py``)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -62,20 +64,21 @@ def listen(transport: Any, spec: Any) -> list[FrameProcessor]:
     return [DiscardAudio()]
 
 
+listen.audio_in = False  # type: ignore[attr-defined]  # records every event, decodes no audio
+
+
 @dataclass(frozen=True)
 class PipelineDefinition:
     name: str
     factory: PipelineFactory
 
-    def params(self) -> LiveKitParams:
-        return LiveKitParams(
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            audio_in_sample_rate=SAMPLE_RATE,
-            audio_out_sample_rate=SAMPLE_RATE,
-            audio_in_user_tracks=False,
-            audio_out_end_silence_secs=0,
-        )
+    @property
+    def audio_in(self) -> bool:
+        """Whether the pipeline takes input audio (a factory says no with ``factory.audio_in = False``)."""
+        return getattr(self.factory, "audio_in", True) is not False
+
+    def params(self, audio: AudioFormat) -> LiveKitParams:
+        return audio.params(audio_in=self.audio_in)
 
 
 BUILTIN: dict[str, PipelineFactory] = {"echo": echo, "listen": listen}  # the names are BUILTIN_NAMES

@@ -13,7 +13,9 @@ guaranteed order. The subclass also
 - fires ``on_call_state_updated(transport, state)``, which pipecat registers but never fires, whenever the
   call-state machine changes ``state`` (records it too);
 - sets :attr:`ended` when the server ends the bot's connection (room closed or deleted, bot removed,
-  connection lost for good), because pipecat then keeps the pipeline running; the session ends it.
+  connection lost for good), because pipecat then keeps the pipeline running; the session ends it;
+- opens subscribed audio the cheap way :mod:`transport.audio` describes (native resampling and framing, no
+  stream at all for a pipeline that takes no input audio).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import Any
 
 from livekit import rtc
 from pipecat.processors.frame_processor import FrameProcessorSetup
-from pipecat.transports.livekit.transport import LiveKitParams, LiveKitTransport, LiveKitTransportClient
+from pipecat.transports.livekit.transport import (LiveKitInputTransport, LiveKitParams, LiveKitTransport,
+                                                  LiveKitTransportClient)
 
 from eventstore import records as R
 
+from .audio import AudioInput, keep_own_events
 from .recorder import EventRecorder
 from .rtc_details import RtcDetails
 from .streams import BOT_LEFT, MAX_STREAM_BYTES, StreamRecorder
@@ -39,10 +43,11 @@ class RecordingClient(LiveKitTransportClient):
     """pipecat's client, plus our rtc listeners and knowledge of who asked for the disconnect."""
 
     def __init__(self, *args: Any, details: RtcDetails, transport: "RecordingLiveKitTransport",
-                 **kwargs: Any) -> None:
+                 audio_input: AudioInput | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._details = details
         self._owner = transport
+        self._audio_input = audio_input
 
     async def setup(self, setup: FrameProcessorSetup) -> None:
         first = self._task_manager is None
@@ -54,6 +59,22 @@ class RecordingClient(LiveKitTransportClient):
             self.room.on("reconnecting", self._owner._on_rtc_reconnecting)
             self.room.on("reconnected", self._owner._on_rtc_reconnected)
             self.room.on("disconnected", self._owner._on_rtc_disconnected)
+
+    async def _async_on_track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                                         participant: rtc.RemoteParticipant) -> None:
+        """pipecat's handler, except how an audio track is read (:class:`transport.audio.AudioInput`)."""
+        if track.kind != rtc.TrackKind.KIND_AUDIO:
+            await super()._async_on_track_subscribed(track, publication, participant)
+            return
+        assert self._task_manager is not None
+        await self._close_audio_stream(participant.identity)  # a re-publish replaces the earlier stream
+        self._audio_tracks[participant.identity] = track
+        stream = self._audio_input.stream(track)
+        if stream is not None:
+            task = self._task_manager.create_task(self._process_audio_stream(stream, participant.identity),
+                                                  f"{self}::_process_audio_stream")
+            self._audio_streams[participant.identity] = (stream, task)
+        await self._callbacks.on_audio_track_subscribed(participant.identity)
 
     async def disconnect(self) -> None:
         if self._connected and self._disconnect_counter <= 1:
@@ -77,11 +98,14 @@ def _shielded_connect(room: rtc.Room) -> Any:
     async def connect(*args: Any, **kwargs: Any) -> Any:
         task = asyncio.ensure_future(original(*args, **kwargs))
         try:
-            return await asyncio.shield(task)
+            result = await asyncio.shield(task)
         except asyncio.CancelledError:
             _LEAVING.add(task)
             task.add_done_callback(lambda t: _leave_after(room, t))
             raise
+        if not keep_own_events(room):
+            log.debug("the rtc SDK's event queue is not as expected; every room still wakes on every event")
+        return result
 
     return connect
 
@@ -101,18 +125,26 @@ class RecordingLiveKitTransport(LiveKitTransport):
 
     def __init__(self, url: str, token: str, room_name: str, recorder: EventRecorder,
                  params: LiveKitParams | None = None, *, max_stream_bytes: int = MAX_STREAM_BYTES,
-                 **kwargs: Any) -> None:
+                 audio_input: AudioInput | None = None, **kwargs: Any) -> None:
         super().__init__(url, token, room_name, params, **kwargs)
         self.recorder = recorder
         self.details = RtcDetails()
         self.streams = StreamRecorder(recorder, self._spawn, self.details.sids, max_bytes=max_stream_bytes)
+        self.audio_input = audio_input or AudioInput.for_params(self._params)
         self._client = RecordingClient(url, token, room_name, self._params, self._client._callbacks,
-                                       self.name, details=self.details, transport=self)
+                                       self.name, details=self.details, transport=self, audio_input=audio_input)
         self.ended = asyncio.Event()
         self.end_reason = ""
         self.local_stop = False
         self._pending: set[asyncio.Task[None]] = set()
         self.recorder.on_state_change(self._on_state_change)
+
+    def input(self) -> LiveKitInputTransport:
+        first = self._input is None
+        transport = super().input()
+        if first:  # pipecat's mixer would re-cut every frame to 10 ms; ours keeps the format's frame length
+            transport._mixer = self.audio_input.mixer()
+        return transport
 
     # --- the one place every documented event passes ------------------------------------------------------
 

@@ -32,7 +32,8 @@ from pipecat.workers.runner import WorkerRunner
 from eventstore.records import SessionEnded, SessionStarted
 from eventstore.writer import EventWriter
 
-from .pipelines import SAMPLE_RATE, PipelineNotFound, build_processors, load_pipeline
+from .audio import AudioFormat, AudioInput
+from .pipelines import PipelineNotFound, build_processors, load_pipeline
 from .recorder import EventRecorder
 from .recording import RecordingLiveKitTransport
 from .streams import MAX_STREAM_BYTES
@@ -75,6 +76,7 @@ class SessionSpec:
     # through it, the built-ins and entry points only (transport.pipelines.load_pipeline)
     pipelines: Mapping[str, str] = field(default_factory=dict, hash=False)
     max_stream_bytes: int = MAX_STREAM_BYTES  # content kept of one LiveKit text or byte stream; the rest is counted
+    audio: AudioFormat = AudioFormat()  # rates and frame length of the pipeline's audio (settings [audio])
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,19 @@ class _Session:
         definition = load_pipeline(spec.pipeline, spec.pipelines)
         token = bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
         transport = RecordingLiveKitTransport(spec.livekit_url, token, spec.room, self.recorder,
-                                              definition.params(), max_stream_bytes=spec.max_stream_bytes)
+                                              definition.params(spec.audio), max_stream_bytes=spec.max_stream_bytes,
+                                              audio_input=AudioInput(spec.audio, enabled=definition.audio_in))
         self.transport = transport
         processors = build_processors(definition, transport, spec)
         worker = PipelineWorker(
             Pipeline([transport.input(), *processors, transport.output()]),
-            params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE),
+            params=PipelineParams(audio_in_sample_rate=spec.audio.in_sample_rate,
+                                  audio_out_sample_rate=spec.audio.out_sample_rate),
             idle_timeout_secs=None,
             enable_rtvi=False,
+            # turn tracking is the one per-frame observer pipecat adds by default (~15% of an echo room's CPU);
+            # nothing we record comes from it
+            enable_turn_tracking=False,
         )
 
         @worker.event_handler("on_pipeline_error")

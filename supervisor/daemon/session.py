@@ -38,7 +38,7 @@ from transport.tokens import bot_identity
 
 from ..control import Control, DesiredRoom
 from ..errors import REDIS_TROUBLE
-from ..settings import Settings
+from ..settings import Settings, audio_format
 from .bots import LiveKitUnreachable, ensure_gone, remove_other_bots
 from .leases import Claim, Leases
 from .loops import RestartBudget, backoff_delay
@@ -277,7 +277,7 @@ class RoomSession:
             api_secret=lk.api_secret, token_ttl=lk.token_ttl, attempt=attempt, cause=cause,
             stop_reason=self._stop.reason or "drained", pipelines=settings.pipelines,
             end_timeout=max(1.0, min(10.0, settings.daemon.drain_timeout / 2)),
-            max_stream_bytes=settings.daemon.max_stream_bytes,
+            max_stream_bytes=settings.daemon.max_stream_bytes, audio=audio_format(settings),
         )
 
     async def _next_step(self, outcome: SessionOutcome, failures: int) -> tuple[str, float] | None:

@@ -141,6 +141,25 @@ async def bot_factory(livekit_server, room_name) -> AsyncIterator:
 
 
 @pytest.fixture
+async def make_bot(redis_url, livekit_server, room_name):
+    """``await make_bot(pipeline="handlers", start=True, **spec)``: BotSessions in ``room_name``, closed after."""
+    from botsession import BotSession
+
+    made: list = []
+
+    async def make(pipeline: str = "handlers", *, start: bool = True, **spec):
+        bot = BotSession(redis_url, livekit_server.url, room_name, pipeline, **spec)
+        made.append(bot)
+        return await bot.start() if start else bot
+
+    try:
+        yield make
+    finally:
+        for bot in made:
+            await bot.aclose()
+
+
+@pytest.fixture
 async def bot(redis_url, livekit_server, room_name):
     """A started BotSession (tests/botsession.py) in ``room_name``; closed after the test."""
     from botsession import BotSession
