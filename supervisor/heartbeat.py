@@ -33,6 +33,19 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     livekit_ok: bool = True
     max_rooms: int = 0
     rooms: dict[str, dict[str, Any]] = {}
+    # load over the last 10 s (supervisor.daemon.load): 0..1, new rooms taken only below load_threshold
+    load: float = 0.0
+    load_threshold: float = 0.0
+    cpu: float = 0.0  # share of one core used by the event-loop thread
+    loop_lag_p50: float = 0.0  # seconds
+    loop_lag_p99: float = 0.0
+    declined: int = 0  # due rooms left to other daemons because of load, since start
+
+
+def load_fields(load: Any, threshold: float, declined: int) -> dict[str, Any]:
+    """The heartbeat's load fields from a :class:`supervisor.daemon.load.Load` (rounded: a snapshot for people)."""
+    return {"load": round(load.load, 3), "load_threshold": threshold, "cpu": round(load.cpu, 3),
+            "loop_lag_p50": round(load.lag_p50, 4), "loop_lag_p99": round(load.lag_p99, 4), "declined": declined}
 
 
 _encode = msgspec.json.Encoder().encode

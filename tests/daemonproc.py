@@ -49,13 +49,16 @@ TEST_PIPELINES: dict[str, str] = {
     "raising": "tests.pipelines:raising",
     "broken_factory": "tests.pipelines:broken_factory",
     "listen_probe": "tests.pipelines:listen_probe",
+    "echo_probe": "tests.pipelines:echo_probe",
     "slow_leave": "tests.daemon_pipelines:slow_leave",
 }
 
 
 # The settings of a test daemon: short leases and quick retries, so that tests take seconds.
+# load_threshold 1.0: admission by load off, so that how busy the test machine is never decides which daemon
+# takes a room (tests/test_load.py sets thresholds of its own)
 TEST_DAEMON: dict[str, Any] = {"lease_ttl": 3.0, "drain_timeout": 20.0, "reconcile_interval": 0.5,
-                               "rejoin_base": 0.2, "rejoin_max": 2.0}
+                               "rejoin_base": 0.2, "rejoin_max": 2.0, "load_threshold": 1.0}
 
 
 def write_config(path: Path, redis_url: str, livekit_url: str, *, spool_dir: Path, daemon_id: str,

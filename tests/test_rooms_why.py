@@ -63,7 +63,9 @@ def test_rooms_shows_why_a_room_failed_or_ended(redis_url, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["ROOM", "WANTED", "PIPELINE", "SESSION@DAEMON", "CALL", "STATE/PHASE", "PEOPLE",
                                 "WHY"]
-    shown = {line.split("'")[1]: line.split("'", 2)[2].split(None, 5) for line in lines[1:]}
+    table = lines[1:lines.index("")]  # then the daemons' table (none run here)
+    assert lines[lines.index("") + 1].split()[:2] == ["DAEMON", "STATE"] and lines[-1] == "(no daemon running)"
+    shown = {line.split("'")[1]: line.split("'", 2)[2].split(None, 5) for line in table}
     assert shown["closed room"] == ["ended", "-", "-", "-", "-", "room_closed: ROOM_CLOSED"]
     assert shown["left room"] == ["ended", "-", "-", "-", "-", "left"]
     assert shown["wanted room"][:2] == ["desired", "echo"] and shown["wanted room"][5] == "-"
@@ -73,7 +75,7 @@ def test_rooms_shows_why_a_room_failed_or_ended(redis_url, capsys):
     assert failed[:2] == ["failed", "echo"]
     assert failed[5] == "pipeline_error: the factory raised ValueError('no pipeline today') Traceback (most recent call last…"
     assert len(failed[5]) == 100  # one line, cut to fit
-    assert len(lines) == 1 + 7
+    assert len(table) == 7
 
     assert main(["rooms", "--json", "--redis-url", redis_url]) == 0
     rooms = json.loads(capsys.readouterr().out)["rooms"]
@@ -137,7 +139,9 @@ async def test_rooms_after_the_real_daemon_failed_one_room_and_another_call_ende
         await async_wait_until(settled, 90, "one room failed, two calls over", 0.5)
         table = run_cli("rooms", config=daemon.config)
         assert table.returncode == 0, table.stderr
-        lines = {line.split("'")[1]: line for line in table.stdout.splitlines()[1:]}
+        out = table.stdout.splitlines()
+        lines = {line.split("'")[1]: line for line in out[1:out.index("")]}
+        assert any(line.startswith(f"'{daemon.id}'") and " ready " in line for line in out[out.index(""):])
         assert lines[deleted].split()[1] == "ended" and " room_deleted: LiveKit: ROOM_DELETED" in lines[deleted]
         assert lines[left].split()[1] == "ended" and lines[left].rstrip().endswith(" left")
         assert lines[broken].split()[1:3] == ["failed", "no_such_pipeline"]

@@ -85,11 +85,10 @@ async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def gather_rooms(redis: Any, keys: Keys) -> dict[str, dict[str, Any]]:
-    """room -> what is known about it: desired entry, which daemon holds it and how, its last record, the
-    materialized states, and what it comes to (``wanted``, ``why``)."""
+async def gather_rooms(redis: Any, keys: Keys, beats: list[Heartbeat]) -> dict[str, dict[str, Any]]:
+    """room -> what is known about it: desired entry, which daemon holds it and how (from ``beats``), its last
+    record, the materialized states, and what it comes to (``wanted``, ``why``)."""
     desired = await Control(redis, keys).desired()
-    beats: list[Heartbeat] = await read_heartbeats(redis, keys)
     known = await redis.zrange(keys.rooms(), 0, KNOWN_ROOMS_SHOWN - 1, desc=True)
     rooms: dict[str, dict[str, Any]] = {}
     for raw in known:
@@ -149,18 +148,35 @@ def _line(name: str, info: dict[str, Any]) -> str:
             f"{people_text:<16} {why}")
 
 
+def daemon_view(beat: Heartbeat) -> dict[str, Any]:
+    """What ``rooms`` shows of one live daemon: its state, rooms and load."""
+    return {"id": beat.id, "host": beat.host, "pid": beat.pid, "state": beat.state, "rooms": len(beat.rooms),
+            "max_rooms": beat.max_rooms, "load": beat.load, "load_threshold": beat.load_threshold, "cpu": beat.cpu,
+            "loop_lag_p50": beat.loop_lag_p50, "loop_lag_p99": beat.loop_lag_p99, "declined": beat.declined}
+
+
+def _daemon_line(d: dict[str, Any]) -> str:
+    taking = "full" if d["rooms"] >= d["max_rooms"] or (d["load_threshold"] < 1 and d["load"] >= d["load_threshold"]) \
+        else "taking rooms"
+    return (f"{d['id']!r:<32} {d['state']:<9} {d['rooms']:>5}/{d['max_rooms']:<5} "
+            f"{d['load']:>5.2f}/{d['load_threshold']:<5.2f} {d['cpu'] * 100:>5.0f}% {d['loop_lag_p99'] * 1000:>8.1f} "
+            f"{taking}")
+
+
 async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(settings.redis.prefix)  # load_settings refused a prefix keys cannot carry
     redis = connect(settings.redis.url)
     try:
-        rooms = await gather_rooms(redis, keys)
+        beats = await read_heartbeats(redis, keys)
+        rooms = await gather_rooms(redis, keys, beats)
         recorded = await redis.zcard(keys.rooms())
     except (RedisError, OSError) as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
     if args.json:
-        emit(json.dumps({"at": time.time(), "rooms": rooms, "recorded_rooms": recorded}, ensure_ascii=False))
+        emit(json.dumps({"at": time.time(), "rooms": rooms, "recorded_rooms": recorded,
+                          "daemons": [daemon_view(b) for b in beats]}, ensure_ascii=False))
         return 0
     emit(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} "
          f"{'PEOPLE':<16} WHY")
@@ -170,5 +186,11 @@ async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
         emit("(no rooms)")
     if recorded > KNOWN_ROOMS_SHOWN:
         emit(f"({recorded} rooms have recorded events; the newest {KNOWN_ROOMS_SHOWN} are listed)")
+    emit("")
+    emit(f"{'DAEMON':<32} {'STATE':<9} {'ROOMS/MAX':<11} {'LOAD/LIMIT':<11} {'CPU':>6} {'LAG p99 ms':>10} NEW ROOMS")
+    for beat in beats:
+        emit(_daemon_line(daemon_view(beat)))
+    if not beats:
+        emit("(no daemon running)")
     return 0
 

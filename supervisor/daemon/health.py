@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping
 
@@ -22,6 +20,7 @@ from livekit import api as lkapi
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import REDIS_TROUBLE
+from .load import LoopMonitor
 from .metrics import DaemonMetrics
 
 log = logging.getLogger("supervisor")
@@ -100,36 +99,6 @@ class HttpEndpoint:
 REDIS_TIMEOUT = 2.0
 LIVEKIT_TIMEOUT = 3.0
 MAX_LOOP_LAG = 2.0  # seconds: a loop this late cannot keep sessions, leases and the watchdog going
-
-
-class LoopMonitor:
-    """Measures how late the event loop runs a callback scheduled every ``period`` seconds."""
-
-    def __init__(self, period: float = 0.25, window: float = 10.0) -> None:
-        self.period = period
-        self._lags: deque[tuple[float, float]] = deque()
-        self._window = window
-        self._last_tick = time.monotonic()
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run(), name="loop-monitor")
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            expected = loop.time() + self.period
-            await asyncio.sleep(self.period)
-            now = time.monotonic()
-            self._last_tick = now
-            self._lags.append((now, max(0.0, loop.time() - expected)))
-            while self._lags and self._lags[0][0] < now - self._window:
-                self._lags.popleft()
-
-    def lag(self) -> float:
-        """The largest lag seen recently, counting the time since the last tick if it is overdue."""
-        overdue = time.monotonic() - self._last_tick - self.period
-        return max([overdue, *(lag for _, lag in self._lags)])
 
 
 class Probes:

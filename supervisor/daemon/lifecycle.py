@@ -26,10 +26,11 @@ from eventstore.writer import EventWriter, RecordsNotWritten
 
 from ..control import Control
 from ..errors import REDIS_TROUBLE, CommandError
-from ..heartbeat import Heartbeat, delete_heartbeat, read_heartbeat, twin, write_heartbeat
+from ..heartbeat import Heartbeat, delete_heartbeat, load_fields, read_heartbeat, twin, write_heartbeat
 from ..settings import Settings, SettingsError, quiet_routine_noise, reloadable, set_level
 from .bots import PresenceCheck
-from .health import HttpEndpoint, LoopMonitor, Probes, check_pipelines
+from .health import HttpEndpoint, Probes, check_pipelines
+from .load import LoopMonitor
 from .lease_keeper import LeaseKeeper
 from .leases import Leases
 from .loops import Loops, sleep_unless
@@ -88,7 +89,7 @@ class Daemon:
         self.monitor = LoopMonitor()
         self.probes: Probes | None = None
         self.reconciler = Reconciler(self.id, self.control, self.leases, self.registry, lambda: self.settings,
-                                     self._context, self.drain_requested.is_set)
+                                     self._context, self.drain_requested.is_set, self.monitor.load)
         self.keeper: LeaseKeeper | None = None
 
     # --- signals: they only set state ------------------------------------------------------------------------
@@ -153,7 +154,8 @@ class Daemon:
             on_written=self.metrics.on_written,
         )
         writer = self.writer
-        self.metrics.watch(lambda: writer.pending, lambda: writer.spooled_bytes, self.monitor.lag)
+        self.metrics.watch(lambda: writer.pending, lambda: writer.spooled_bytes, self.monitor.lag, self.monitor.load,
+                           lambda: self.reconciler.declined)
         self.livekit = lkapi.LiveKitAPI(s.livekit.url, s.livekit.api_key, s.livekit.api_secret, failover=False)
         self.probes = Probes(self.redis, self.livekit, self.monitor, self.metrics, self.loops.problems)
         if s.daemon.http_port:
@@ -365,6 +367,7 @@ class Daemon:
             started=self._started, updated=time.time(), max_rooms=self.settings.daemon.max_rooms,
             redis_ok=bool(self.probes and self.probes.redis_ok),
             livekit_ok=bool(self.probes and self.probes.livekit_ok), rooms=await self.registry.views(),
+            **load_fields(self.monitor.load(), self.settings.daemon.load_threshold, self.reconciler.declined),
         )
         try:
             other = await asyncio.wait_for(write_heartbeat(self.redis, self.keys, beat, interval * 3), interval)

@@ -6,7 +6,7 @@ Per-room labels are avoided on purpose: rooms come and go and would make the ser
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -42,6 +42,14 @@ class DaemonMetrics:
         self.store_down = Gauge("room_supervisor_store_down", "1 while Redis does not answer the lease keeper "
                                 "(sessions go on; records wait in memory and the spool)", registry=r)
         self.loop_lag = Gauge("room_supervisor_loop_lag_seconds", "Largest recent event loop lag", registry=r)
+        self.loop_lag_p99 = Gauge("room_supervisor_loop_lag_p99_seconds", "99th percentile of the event loop's "
+                                  "lag over the last 10 s", registry=r)
+        self.loop_cpu = Gauge("room_supervisor_loop_cpu_ratio", "Share of one core the event-loop thread used "
+                              "over the last 10 s", registry=r)
+        self.load = Gauge("room_supervisor_load", "max(loop CPU, loop lag p99 / 50 ms): new rooms are taken only "
+                          "below daemon.load_threshold", registry=r)
+        self.declined = Gauge("room_supervisor_rooms_declined", "Due rooms left to other daemons because of load "
+                              "(counted at each reconcile pass, since start)", registry=r)
         for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit", "internal",
                      "ghost_removed", "ghost_unconfirmed"):
             self.errors.labels(kind)
@@ -53,11 +61,16 @@ class DaemonMetrics:
         self.events_written.inc(count)
         self.append_latency.observe(seconds)
 
-    def watch(self, pending: Callable[[], float], spooled: Callable[[], float], loop_lag: Callable[[], float]) -> None:
-        """Gauges read when scraped: the writer's queue and spool, the event loop's lag."""
+    def watch(self, pending: Callable[[], float], spooled: Callable[[], float], loop_lag: Callable[[], float],
+              load: Callable[[], Any], declined: Callable[[], float]) -> None:
+        """Gauges read when scraped: the writer's queue and spool, the event loop's lag and the load."""
         self.writer_pending.set_function(pending)
         self.spool_bytes.set_function(spooled)
         self.loop_lag.set_function(loop_lag)
+        self.loop_lag_p99.set_function(lambda: load().lag_p99)
+        self.loop_cpu.set_function(lambda: load().cpu)
+        self.load.set_function(lambda: load().load)
+        self.declined.set_function(declined)
 
     def set_sessions(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():

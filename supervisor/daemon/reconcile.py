@@ -5,12 +5,14 @@ One pass:
 
 1. reads the desired entries of the rooms this daemon holds (one HMGET) and stops sessions of rooms no longer
    desired (or marked failed), restarts those whose pipeline changed;
-2. if it has room for more (``max_rooms``), asks the claimable index (``rs:claimable``, see
+2. if it has room for more (``max_rooms``, and its load: :mod:`supervisor.daemon.load`), asks the claimable index (``rs:claimable``, see
    :mod:`supervisor.daemon.leases`) for rooms that are due: desired and free, or whose lease has expired. Normally
    that is none, so an idle daemon beside another that holds a thousand rooms sends a few commands a second.
    It reads those rooms' desired entries, drops index entries of rooms no longer desired, and claims the
-   rest, oldest desire first, pipelined; each granted claim becomes a RoomSession. A claim refused because the
-   lease is held moves the room's index score to the holder's expiry;
+   rest, oldest desire first, pipelined, as many as its load allows (rooms an earlier run of it held are
+   taken back whatever the load: their calls are going on); each granted claim becomes a RoomSession. A claim
+   refused because the lease is held moves the room's index score to the holder's expiry. Due rooms it
+   declines for load stay due, for other daemons (counted in ``declined``);
 3. every :data:`REPAIR_INTERVAL` seconds, and soon after a control command, reads all of ``rs:desired`` once,
    to mend the index (a crash between two writes) and report unreadable entries.
 
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Callable
 
 from ..control import Control, DesiredRoom, DesiredState, shown
 from ..errors import REDIS_TROUBLE
 from ..settings import Settings
 from .leases import Claim, Leases
+from .load import WINDOW, Load, allowance
 from .registry import SessionRegistry
 from .session import RoomSession, SessionContext
 
@@ -45,7 +49,7 @@ DUE_SLACK = 32  # due rooms read beyond the free places (some may be gone from d
 class Reconciler:
     def __init__(self, daemon_id: str, control: Control, leases: Leases, registry: SessionRegistry[RoomSession],
                  settings: Callable[[], Settings], context: Callable[[], SessionContext],
-                 draining: Callable[[], bool]) -> None:
+                 draining: Callable[[], bool], load: Callable[[], Load] = Load) -> None:
         self.daemon_id = daemon_id
         self.control = control
         self.leases = leases
@@ -63,6 +67,10 @@ class Reconciler:
         self.desired_count = 0
         self.failed_count = 0
         self._reclaims: list[str] = []
+        self._load = load
+        self._started: deque[float] = deque()  # loop times of sessions started within the load window
+        self.declined = 0  # due rooms left to other daemons because of this daemon's load
+        self._declining = False
 
     def reclaim(self, rooms: list[str]) -> None:
         """Rooms an earlier run of this daemon held (its last heartbeat): claimed at the next pass without
@@ -124,12 +132,23 @@ class Reconciler:
                             shown(name), why)
         self._reported = dict(desired.unreadable)
 
+    def _admissible(self, held: int, now: float) -> int:
+        """How many new rooms the daemon's load allows now (see :func:`supervisor.daemon.load.allowance`)."""
+        while self._started and self._started[0] < now - WINDOW:
+            self._started.popleft()
+        threshold = self._settings().daemon.load_threshold
+        if threshold >= 1.0:  # admission by load is off: only max_rooms limits
+            return self._settings().daemon.max_rooms
+        recent = min(len(self._started), held)
+        return allowance(self._load().load, threshold, held - recent, recent)
+
     async def _claim_rooms(self, held: dict[str, RoomSession]) -> None:
         loop = asyncio.get_running_loop()
         free = self._settings().daemon.max_rooms - len(held)
         if free <= 0 or self._draining():
             return
         reclaims, self._reclaims = self._reclaims, []
+        admissible = self._admissible(len(held), loop.time())
         due = reclaims + [r for r in await self.leases.due(free + DUE_SLACK) if r not in reclaims]
         due = [room for room in due if room not in held]
         if not due:
@@ -138,15 +157,33 @@ class Reconciler:
         gone = [room for room in due if room not in wanted.rooms or wanted.rooms[room].failed]
         if gone:
             await self.control.unindex(gone)
-        candidates = [room for _, room in sorted((d.since, room) for room, d in wanted.rooms.items()
-                                                 if not d.failed)][:free]
+        ordered = [room for _, room in sorted((d.since, room) for room, d in wanted.rooms.items() if not d.failed)]
+        taken_back = [room for room in ordered if room in reclaims][:free]
+        fits = [room for room in ordered if room not in reclaims][:free - len(taken_back)]  # max_rooms allows
+        candidates = taken_back + fits[:admissible]
+        self._note_declined(len(fits) - len(fits[:admissible]), len(held))
         sent = loop.time()
         claims = await self.leases.claim_many(candidates, takeover=loop.time() >= self._takeovers_from)
         await self.leases.index({room: c.expires_ms for room, c in zip(candidates, claims)
                                  if not c.granted and c.expires_ms})
         for room, claim in zip(candidates, claims):
-            if claim.granted:
-                await self._start_session(room, wanted.rooms[room], claim, sent)
+            if claim.granted and await self._start_session(room, wanted.rooms[room], claim, sent):
+                self._started.append(loop.time())
+
+    def _note_declined(self, count: int, held: int) -> None:
+        """Count due rooms left to other daemons for load (not for max_rooms); say so when it starts/stops."""
+        declining = count > 0
+        if declining:
+            self.declined += count
+        if declining != self._declining:
+            load, threshold = self._load().load, self._settings().daemon.load_threshold
+            if declining:
+                log.info("daemon %s: load %.2f (threshold %.2f, %d rooms held): leaving %d due room(s) to other "
+                         "daemons", self.daemon_id, load, threshold, held, count)
+            else:
+                log.info("daemon %s: load %.2f (threshold %.2f): taking rooms again", self.daemon_id, load,
+                         threshold)
+            self._declining = declining
 
     async def _start_session(self, room: str, want: DesiredRoom, claim: Claim, sent: float) -> bool:
         """Start a session on a granted claim; False (lease released) when draining, already held, or broken."""
