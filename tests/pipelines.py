@@ -113,7 +113,8 @@ def listen_probe(transport: Any, spec: Any) -> list[FrameProcessor]:
     return processors
 
 
-listen_probe.audio_in = False  # type: ignore[attr-defined]  # as a user's factory says it: no input audio
+listen_probe.audio_in = False  # type: ignore[attr-defined]  # as a user's factory says it: no input audio,
+listen_probe.audio_out = False  # type: ignore[attr-defined]  # and no audio track
 
 
 class InputProbe(FrameProcessor):

@@ -2,7 +2,8 @@
 
 - ``echo`` still echoes with the daemon's default format (16 kHz in, 24 kHz out, 20 ms frames) and with others;
   input frames reach the pipeline at the format's rate and length (the rtc SDK resamples and frames natively);
-- ``listen`` records the subscription but opens no ``AudioStream`` and queues nothing;
+- ``listen`` records the subscription but opens no ``AudioStream`` and queues nothing, and publishes no audio
+  track (the rtc SDK would encode silence for it);
 - each bot's rtc room hears only its own room's events (audio capture callbacks and other rooms' events no
   longer wake every room in the process), and still records everything of its own room;
 - the ``[audio]`` and ``daemon.load_threshold`` settings refuse garbage with the setting's name.
@@ -28,7 +29,7 @@ async def test_echo_comes_back_and_the_pipeline_hears_the_format(make_bot, parti
     alice = await participant_factory("alice")
     await alice.publish_tone()
     heard = await alice.wait_for_audio(bot.identity, frames=50, timeout=30)
-    assert heard >= 50
+    assert heard >= 50  # a speaking pipeline publishes its track
     [probe] = test_pipelines.PROCESSORS[bot.room]
     await async_wait_until(lambda: len(probe.frames) >= 20, 20, "20 input frames in the pipeline")
     expected_bytes = audio.in_sample_rate * audio.frame_ms // 1000 * 2
@@ -51,6 +52,10 @@ async def test_listen_records_the_subscription_and_reads_no_audio(make_bot, part
     assert client._audio_streams == {} and client._audio_queue.qsize() == 0
     [discard] = test_pipelines.PROCESSORS[bot.room]
     assert discard.dropped == 0
+    seen = await alice.wait_for_participant(bot.identity)
+    await alice.send_text("a second one", topic="t")  # had the bot published a track, alice would know by now
+    await bot.wait_for("data_received", participant_id="alice", count=2)
+    assert list(seen.track_publications) == []
     await alice.unpublish_audio()
     await bot.wait_for("audio_track_unsubscribed", participant_id="alice")
 

@@ -9,7 +9,9 @@ daemon's ``[audio]`` settings: 16 kHz in, 24 kHz out and 20 ms frames, what voic
   frame_size_ms=)``), so Python sees one event per frame at the pipeline's rate, not one per 10 ms at 48 kHz;
 - a pipeline that does not take input audio (``listen``, or a factory with ``audio_in = False``) gets no
   ``AudioStream`` at all: the subscription is still made and recorded, but nothing is read from the track
-  (pipecat creates a stream anyway and queues its frames without bound when audio input is off).
+  (pipecat creates a stream anyway and queues its frames without bound when audio input is off);
+- a pipeline that never speaks (``listen``, or a factory with ``audio_out = False``) publishes no audio track:
+  pipecat always publishes one, and the rtc SDK then encodes silence into Opus for it, in every room.
 
 And :func:`keep_own_events` stops a cost that grows with the rooms in one process: the rtc SDK hands every FFI
 event to every ``Room``'s listen task, which waits on its own queue for each, so one room's audio capture
@@ -32,16 +34,17 @@ log = logging.getLogger("transport")
 class AudioInput:
     """How the transport's client opens subscribed audio tracks (see the module docstring)."""
 
-    def __init__(self, audio: AudioFormat, *, enabled: bool) -> None:
+    def __init__(self, audio: AudioFormat, *, enabled: bool, publish: bool = True) -> None:
         self.audio = audio
-        self.enabled = enabled
+        self.enabled = enabled  # read subscribed audio (the pipeline takes input audio)
+        self.publish = publish  # publish the bot's audio track (the pipeline speaks)
 
     @classmethod
     def for_params(cls, params: LiveKitParams) -> AudioInput:
         """What ``params`` ask for, in 20 ms frames (for a transport built without a format)."""
         fmt = AudioFormat(in_sample_rate=params.audio_in_sample_rate or AudioFormat.in_sample_rate,
                           out_sample_rate=params.audio_out_sample_rate or AudioFormat.out_sample_rate)
-        return cls(fmt, enabled=params.audio_in_enabled)
+        return cls(fmt, enabled=params.audio_in_enabled, publish=params.audio_out_enabled)
 
     def stream(self, track: rtc.Track) -> rtc.AudioStream | None:
         """The stream to read ``track`` through, or None when the pipeline takes no input audio."""
@@ -55,6 +58,23 @@ class AudioInput:
         return _ParticipantAudioMixer(sample_rate=self.audio.in_sample_rate, num_channels=1,
                                       chunk_ms=self.audio.frame_ms)
 
+
+
+def publish_no_audio(room: rtc.Room) -> None:
+    """Make ``room``'s participant skip publishing pipecat's own audio track (``pipecat-audio``): call it once
+    ``room`` is connected, before pipecat publishes (its connect does that right after ``room.connect``)."""
+    participant = room.local_participant
+    publish = participant.publish_track
+
+    async def publish_track(track: Any, options: Any = None) -> Any:
+        if isinstance(track, rtc.LocalAudioTrack) and track.name == PIPECAT_AUDIO_TRACK:
+            return None  # pipecat does not use what publish_track returns
+        return await publish(track, options) if options is not None else await publish(track)
+
+    participant.publish_track = publish_track  # type: ignore[method-assign]
+
+
+PIPECAT_AUDIO_TRACK = "pipecat-audio"  # the name pipecat's LiveKit client gives the bot's audio track
 
 
 def keep_own_events(room: rtc.Room) -> bool:

@@ -25,13 +25,14 @@ class AudioFormat:
         if self.frame_ms not in FRAME_MS:
             raise ValueError(f"frame_ms must be one of {', '.join(map(str, FRAME_MS))}, not {self.frame_ms!r}")
 
-    def params(self, *, audio_in: bool) -> Any:
-        """pipecat's ``LiveKitParams`` for this format; ``audio_in`` False: the pipeline hears nothing."""
+    def params(self, *, audio_in: bool, audio_out: bool = True) -> Any:
+        """pipecat's ``LiveKitParams`` for this format; ``audio_in`` False: the pipeline hears nothing,
+        ``audio_out`` False: it says nothing."""
         from pipecat.transports.livekit.transport import LiveKitParams  # here: importing this module stays light
 
         return LiveKitParams(
             audio_in_enabled=audio_in,
-            audio_out_enabled=True,
+            audio_out_enabled=audio_out,
             audio_in_sample_rate=self.in_sample_rate,
             audio_out_sample_rate=self.out_sample_rate,
             audio_in_user_tracks=False,

@@ -8,7 +8,8 @@ processors that go between ``transport.input()`` and ``transport.output()``. It 
 on the transport (``@transport.event_handler("on_first_participant_joined")``) like any pipecat bot. Input
 audio arrives at ``spec.audio.in_sample_rate`` in frames of ``spec.audio.frame_ms``; output audio is published
 at ``spec.audio.out_sample_rate`` (the daemon's ``[audio]`` settings). A factory that never uses input audio sets
-the attribute ``audio_in = False`` on itself (as ``listen`` does): its rooms then decode no audio in Python.
+the attribute ``audio_in = False`` on itself (as ``listen`` does): its rooms then decode no audio in Python; one
+that never speaks sets ``audio_out = False``: its bot publishes no audio track.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def listen(transport: Any, spec: Any) -> list[FrameProcessor]:
     return [DiscardAudio()]
 
 
-listen.audio_in = False  # type: ignore[attr-defined]  # records every event, decodes no audio
+listen.audio_in = False  # type: ignore[attr-defined]  # records every event, decodes no audio,
+listen.audio_out = False  # type: ignore[attr-defined]  # and publishes no audio track
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,13 @@ class PipelineDefinition:
         """Whether the pipeline takes input audio (a factory says no with ``factory.audio_in = False``)."""
         return getattr(self.factory, "audio_in", True) is not False
 
+    @property
+    def audio_out(self) -> bool:
+        """Whether the pipeline speaks (a factory says no with ``factory.audio_out = False``)."""
+        return getattr(self.factory, "audio_out", True) is not False
+
     def params(self, audio: AudioFormat) -> LiveKitParams:
-        return audio.params(audio_in=self.audio_in)
+        return audio.params(audio_in=self.audio_in, audio_out=self.audio_out)
 
 
 BUILTIN: dict[str, PipelineFactory] = {"echo": echo, "listen": listen}  # the names are BUILTIN_NAMES

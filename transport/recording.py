@@ -31,7 +31,7 @@ from pipecat.transports.livekit.transport import (LiveKitInputTransport, LiveKit
 
 from eventstore import records as R
 
-from .audio import AudioInput, keep_own_events
+from .audio import AudioInput, keep_own_events, publish_no_audio
 from .recorder import EventRecorder
 from .rtc_details import RtcDetails
 from .streams import BOT_LEFT, MAX_STREAM_BYTES, StreamRecorder
@@ -53,7 +53,7 @@ class RecordingClient(LiveKitTransportClient):
         first = self._task_manager is None
         await super().setup(setup)
         if first:
-            self.room.connect = _shielded_connect(self.room)  # type: ignore[method-assign]
+            self.room.connect = _shielded_connect(self.room, self._audio_input)  # type: ignore[method-assign]
             self._details.attach(self.room)
             self._owner.streams.attach(self.room)
             self.room.on("reconnecting", self._owner._on_rtc_reconnecting)
@@ -85,14 +85,17 @@ class RecordingClient(LiveKitTransportClient):
 _LEAVING: set[asyncio.Future[Any]] = set()  # connects cut short, still finishing so that they can leave
 
 
-def _shielded_connect(room: rtc.Room) -> Any:
+def _shielded_connect(room: rtc.Room, audio: AudioInput) -> Any:
     """``room.connect`` that a cancellation cannot cut in the middle.
 
     Once the server has accepted a connect, the rtc FFI waits for the Python side to say it is ready for room
     events; a ``connect()`` cancelled in between (a drain or a leave while the bot is still joining) never says
     it, and the FFI then panics and sends SIGTERM to the whole process, ending every call in it. So the real
     connect runs in a task of its own: a cancelled caller gets its ``CancelledError`` at once, while the
-    connect finishes in the background and the bot then leaves."""
+    connect finishes in the background and the bot then leaves.
+
+    Once connected, the room hears only its own events, and a pipeline that never speaks publishes no audio
+    track (:mod:`transport.audio`)."""
     original = room.connect
 
     async def connect(*args: Any, **kwargs: Any) -> Any:
@@ -105,6 +108,8 @@ def _shielded_connect(room: rtc.Room) -> Any:
             raise
         if not keep_own_events(room):
             log.debug("the rtc SDK's event queue is not as expected; every room still wakes on every event")
+        if not audio.publish:
+            publish_no_audio(room)
         return result
 
     return connect

@@ -108,7 +108,8 @@ class _Session:
         token = bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
         transport = RecordingLiveKitTransport(spec.livekit_url, token, spec.room, self.recorder,
                                               definition.params(spec.audio), max_stream_bytes=spec.max_stream_bytes,
-                                              audio_input=AudioInput(spec.audio, enabled=definition.audio_in))
+                                              audio_input=AudioInput(spec.audio, enabled=definition.audio_in,
+                                                                     publish=definition.audio_out))
         self.transport = transport
         processors = build_processors(definition, transport, spec)
         worker = PipelineWorker(
