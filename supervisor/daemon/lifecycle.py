@@ -30,9 +30,9 @@ from ..heartbeat import Heartbeat, delete_heartbeat, load_fields, read_heartbeat
 from ..settings import Settings, SettingsError, quiet_routine_noise, reloadable, set_level
 from .bots import PresenceCheck
 from .health import HttpEndpoint, Probes, check_pipelines
-from .load import LoopMonitor
 from .lease_keeper import LeaseKeeper
 from .leases import Leases
+from .load import LoopMonitor
 from .loops import Loops, sleep_unless
 from .metrics import DaemonMetrics
 from .notify import Notifier
@@ -137,10 +137,13 @@ class Daemon:
 
     async def _start(self) -> None:
         s = self.settings
+        from transport.rtc_logs import native_rtc_logs
         from transport.session import run_session
 
         self._run_session = self._run_session or run_session
         quiet_routine_noise(s)
+        # before any room: the rtc FFI would otherwise queue every trace record of every session for Python
+        native_rtc_logs("warn")
         await check_pipelines(s.pipelines, self.id)
         self.monitor.start()
         try:
