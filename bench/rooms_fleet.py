@@ -102,9 +102,15 @@ class Callers:
             ready.set_exception(RuntimeError(f"caller process {proc.pid} exited: see callers.log"))
 
     def _send(self, i: int, cmd: dict) -> None:
-        stdin = self.procs[i].stdin
-        assert stdin is not None
-        stdin.write((json.dumps(cmd) + "\n").encode())
+        """Send ``cmd`` to caller process ``i``; one that is gone (the rtc SDK ends a process it panics in, e.g.
+        when an overloaded loop answers a connect too late) is an error of the run, not a crash of the bench."""
+        proc = self.procs[i]
+        if proc.returncode is not None or proc.stdin is None or proc.stdin.is_closing():
+            error = f"caller process {proc.pid} is gone (exit {proc.returncode}); see callers.log"
+            if error not in self.errors:
+                self.errors.append(error)
+            return
+        proc.stdin.write((json.dumps(cmd) + "\n").encode())
 
     def join(self, rooms: list[str]) -> None:
         for room in rooms:
@@ -130,9 +136,10 @@ class Callers:
             self._send(self.where[room], {"op": "stop_data", "room": room})
 
     async def stats(self) -> list[dict]:
-        for i in range(self.n):
+        alive = [i for i, p in enumerate(self.procs) if p.returncode is None]
+        for i in alive:
             self._send(i, {"op": "stats"})
-        return [await asyncio.wait_for(q.get(), 30) for q in self._stats]
+        return [await asyncio.wait_for(self._stats[i].get(), 30) for i in alive]
 
     def bot_in(self, room: str, prefix: str = BOT_PREFIX) -> bool:
         return room in self.joined and any(i.startswith(prefix) for i in self.seen.get(room, ()))
