@@ -382,17 +382,20 @@ class Bench:
         await self.callers.leave(rooms)
 
     async def _end_ours(self, daemon: DaemonProcess, rooms: list[str]) -> None:
-        for room in rooms:
-            with contextlib.suppress(Exception):
-                await self.control.leave(room)
-        deadline = time.monotonic() + 30
-        while rooms and daemon.running and time.monotonic() < deadline:
-            beat = await self._heartbeat(daemon.id)
-            if beat is not None and not beat.get("rooms"):
-                break
-            await asyncio.sleep(0.5)
-        await self.callers.leave(rooms)
-        code, took = await asyncio.to_thread(daemon.stop, 40.0)
+        """Leave the rooms, then stop the daemon, whatever failed before (it must never outlive the bench)."""
+        try:
+            for room in rooms:
+                with contextlib.suppress(Exception):
+                    await self.control.leave(room)
+            deadline = time.monotonic() + 30
+            while rooms and daemon.running and time.monotonic() < deadline:
+                beat = await self._heartbeat(daemon.id)
+                if beat is not None and not beat.get("rooms"):
+                    break
+                await asyncio.sleep(0.5)
+            await self.callers.leave(rooms)
+        finally:
+            code, took = await asyncio.to_thread(daemon.stop, 40.0)
         say(f"  daemon stopped (exit {code}, {took:.1f} s)")
         if code not in (0, None):
             self.problem(f"{daemon.id} exited {code} on SIGTERM:\n{daemon.log_tail(20)}")
