@@ -9,11 +9,24 @@
 --   lengths, then its type, its JSON starting {"type":"<type>","seq":0, and its data argument
 --   (the data argument is '' for no data field, else 'd' followed by the raw payload).
 --   One argument for the whole batch keeps client-side command packing cheap.
+-- Optional, for an append that must happen once (eventstore.once): KEYS[4] the room's once hash, ARGV[6] the
+--   batch's once id. A batch whose id the hash holds is not written again; the hash maps the id to the batch's
+--   last seq.
 --
 -- Replies: {'OK', first, last, last_id} | {'DUP', first, last, last_id} | {'STALE', current}
---          | {'FENCED', current, lease_epoch}; a malformed call is an error reply and writes nothing.
+--          | {'FENCED', current, lease_epoch} | {'SEEN', seq}; a malformed call is an error reply and writes nothing.
 local meta = KEYS[2]
 local token = ARGV[3]
+local once = ARGV[6]
+if once ~= nil then
+  if #KEYS ~= 4 or once == '' then
+    return redis.error_reply('ERR append: a once id needs KEYS[4] and a non-empty ARGV[6]')
+  end
+  local seen = redis.call('HGET', KEYS[4], once)
+  if seen then
+    return {'SEEN', tonumber(seen)}
+  end
+end
 if token ~= '' and redis.call('HGET', meta, 'batch') == token then
   local m = redis.call('HMGET', meta, 'first', 'seq', 'last')
   return {'DUP', tonumber(m[1]), tonumber(m[2]), m[3]}
@@ -30,8 +43,8 @@ local expected = tonumber(ARGV[2])
 if expected >= 0 and expected ~= cur then
   return {'STALE', cur}
 end
-if #ARGV ~= 5 then
-  return redis.error_reply('ERR append: expected 5 arguments, got ' .. #ARGV)
+if #ARGV ~= 5 and #ARGV ~= 6 then
+  return redis.error_reply('ERR append: expected 5 or 6 arguments, got ' .. #ARGV)
 end
 -- Parse and check every record before writing any: a malformed batch leaves the room untouched. Lua strings
 -- are costly to create, so heads are built once per type and checked in place (string.find at a position).
@@ -95,4 +108,7 @@ for i = 1, n do
 end
 redis.call('HSET', meta, 'seq', string.format('%d', cur + n), 'first', string.format('%d', cur + 1),
   'last', id, 'batch', token)
+if once ~= nil then
+  redis.call('HSET', KEYS[4], once, string.format('%d', cur + n))
+end
 return {'OK', cur + 1, cur + n, id}

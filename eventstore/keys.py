@@ -13,6 +13,7 @@ Layout (prefix ``rs`` by default)::
     rs:room:{<room>}:meta            HASH    seq (last sequence), last (last entry id), batch (last batch token)
     rs:room:{<room>}:lease           HASH    owner, epoch (fencing), expires (ms); see supervisor.daemon.leases
     rs:room:{<room>}:state:<proj>    HASH    state (JSON), seq, id: a projection's state and its checkpoint
+    rs:room:{<room>}:once            HASH    once id -> seq: records appended exactly once (LiveKit webhook event ids)
     rs:feed:<n>                      STREAM  notifications "room R has events up to seq S" for partition n
     rs:feed:partitions               STRING  the partition count, fixed by the first writer
     rs:rooms                         ZSET    every room that has events (member: raw name, score: first seen)
@@ -84,6 +85,9 @@ class Keys:
 
     def lease(self, room: str) -> str:
         return self.room_base(room) + ":lease"
+
+    def once(self, room: str) -> str:
+        return self.room_base(room) + ":once"
 
     def state(self, room: str, projection: str) -> str:
         if not projection or not projection.replace("-", "").replace("_", "").isalnum():

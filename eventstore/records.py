@@ -222,12 +222,16 @@ class Reconnected(Record, tag="reconnected", frozen=True, kw_only=True):
 
 class SessionStarted(Record, tag="session_started", frozen=True, kw_only=True):
     """A session (one join of a room) starts. ``attempt`` counts rejoins of the same desired room (0 = first);
-    ``cause`` says why this session exists (``join``, ``rejoin``, ``restart``, ``takeover``)."""
+    ``cause`` says why this session exists (``join``, ``dispatch``: LiveKit's agent dispatch gave the room to this
+    daemon, ``rejoin``: LiveKit said come back, or a dispatched room's daemon died, ``restart``, ``takeover``).
+    ``job``/``dispatch`` are the LiveKit agent job and dispatch ids of a dispatched room."""
 
     identity: str = ""
     pipeline: str = ""
     attempt: int = 0
     cause: str = ""
+    job: str = ""
+    dispatch: str = ""
 
 
 class SessionEnded(Record, tag="session_ended", frozen=True, kw_only=True):
@@ -258,6 +262,72 @@ class StoreRestored(Record, tag="store_restored", frozen=True, kw_only=True):
     down_for: float = 0.0
 
 
+# --- the LiveKit server's own view, from its webhooks (recorded by the daemon that receives them) ---------------
+
+
+class ServerRecord(Record, frozen=True, kw_only=True):
+    """A LiveKit webhook, as the server saw it. ``event_id`` is the webhook's id (``EV_...``; the record is in the
+    stream once per id, however often LiveKit sent it), ``server_ts`` the server's time of the event (Unix seconds,
+    LiveKit gives whole seconds), ``room_sid`` the room's sid. ``session`` is empty: no bot session wrote it."""
+
+    event_id: str = ""
+    server_ts: float = 0.0
+    room_sid: str = ""
+
+
+class LkRoomStarted(ServerRecord, tag="lk_room_started", frozen=True, kw_only=True):
+    """The server created the room (webhook ``room_started``)."""
+
+
+class LkRoomFinished(ServerRecord, tag="lk_room_finished", frozen=True, kw_only=True):
+    """The server closed the room (webhook ``room_finished``)."""
+
+
+class ServerParticipantRecord(ServerRecord, frozen=True, kw_only=True):
+    """A participant as the server knows it: ``participant_id`` its identity, ``kind`` LiveKit's kind in lower case
+    (``standard``, ``agent``, ``sip``, ``ingress``, ``egress``), ``joined_at`` when it joined (server time)."""
+
+    participant_id: str = ""
+    participant_sid: str = ""
+    kind: str = ""
+    joined_at: float = 0.0
+
+
+class LkParticipantJoined(ServerParticipantRecord, tag="lk_participant_joined", frozen=True, kw_only=True):
+    """A participant became active in the room (webhook ``participant_joined``), whether the bot saw it or not."""
+
+
+class LkParticipantLeft(ServerParticipantRecord, tag="lk_participant_left", frozen=True, kw_only=True):
+    """A participant left (webhook ``participant_left``); ``reason`` is LiveKit's ``DisconnectReason`` name."""
+
+    reason: str = ""
+
+
+class LkParticipantConnectionAborted(ServerParticipantRecord, tag="lk_participant_connection_aborted", frozen=True,
+                                     kw_only=True):
+    """A participant's connection was given up before it became active (webhook
+    ``participant_connection_aborted``); ``reason`` as in :class:`LkParticipantLeft`."""
+
+    reason: str = ""
+
+
+class ServerTrackRecord(ServerParticipantRecord, frozen=True, kw_only=True):
+    """A track of a participant: ``track_sid``, ``track_type`` (``audio``, ``video``, ``data``), ``source``
+    (``microphone``, ``camera``, ``screen_share``, ...), all lower case."""
+
+    track_sid: str = ""
+    track_type: str = ""
+    source: str = ""
+
+
+class LkTrackPublished(ServerTrackRecord, tag="lk_track_published", frozen=True, kw_only=True):
+    """A participant published a track (webhook ``track_published``)."""
+
+
+class LkTrackUnpublished(ServerTrackRecord, tag="lk_track_unpublished", frozen=True, kw_only=True):
+    """A participant unpublished a track (webhook ``track_unpublished``)."""
+
+
 AnyRecord = Union[
     Connected,
     Disconnected,
@@ -280,6 +350,13 @@ AnyRecord = Union[
     SessionEnded,
     StoreUnavailable,
     StoreRestored,
+    LkRoomStarted,
+    LkRoomFinished,
+    LkParticipantJoined,
+    LkParticipantLeft,
+    LkParticipantConnectionAborted,
+    LkTrackPublished,
+    LkTrackUnpublished,
 ]
 
 RECORD_TYPES: Final[tuple[type[Record], ...]] = AnyRecord.__args__  # type: ignore[attr-defined]
@@ -301,6 +378,10 @@ DOCUMENTED_EVENTS: Final[tuple[str, ...]] = (
     "video_track_unsubscribed",
     "data_received",
 )
+
+
+SERVER_RECORD_TYPES: Final[tuple[type[Record], ...]] = tuple(
+    cls for cls in RECORD_TYPES if issubclass(cls, ServerRecord))
 
 
 def tag_of(record: Record) -> str:

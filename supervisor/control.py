@@ -43,11 +43,20 @@ return 1
 
 class DesiredRoom(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One desired room. ``since`` is when this desire began (Unix seconds); ``failed`` is non-empty when a
-    daemon gave up on the room (restart budget spent), with why."""
+    daemon gave up on the room (restart budget spent), with why. ``cause`` says how the room came: ``join`` (the
+    CLI or the SDK; also entries written before causes were kept, which have none) or ``dispatch`` (LiveKit's agent
+    dispatch gave a daemon the job ``job``, of the dispatch ``dispatch``)."""
 
     pipeline: str
     since: float
     failed: str = ""
+    cause: str = ""
+    job: str = ""
+    dispatch: str = ""
+
+    @property
+    def how(self) -> str:
+        return self.cause or "join"
 
 
 class JoinResult(str, Enum):
@@ -135,6 +144,18 @@ class Control:
         await self._redis.zadd(self.keys.claimable(), {name: int(entry.since * 1000)}, nx=True)
         await self._announce("join", room, pipeline)
         return result
+
+    async def dispatch(self, room: str, pipeline: str, job: str, dispatch: str) -> bool:
+        """Make ``room`` desired for a LiveKit job, unless it is desired already (False: then its bot is there or
+        coming, and the job is not needed)."""
+        key = self.keys.desired()
+        name = room.encode("utf-8")
+        entry = DesiredRoom(pipeline=pipeline, since=time.time(), cause="dispatch", job=job, dispatch=dispatch)
+        if not await self._cas(keys=[key], args=[name, b"", _encode(entry)]):
+            return False
+        # not indexed as claimable: the daemon given the job claims the lease at once and indexes the room by the
+        # lease's expiry (if it dies before that, the periodic repair indexes the room for every daemon)
+        return True
 
     async def leave(self, room: str) -> bool:
         """Make ``room`` not desired. Returns whether it was."""

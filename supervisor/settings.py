@@ -34,104 +34,12 @@ from transport.pipeline_names import BUILTIN_NAMES, check_target, is_name
 from .redaction import redact as redact  # re-exported: the CLI and tests import them from settings
 from .redaction import redact_url
 from .redaction import url_secrets as url_secrets
+from .settings_model import SECTIONS, TABLES, Settings, SettingsError
+from .settings_model import (  # noqa: F401 - re-exported: every section is importable from here
+    AudioSettings, ConsumerSettings, DaemonSettings, DispatchSettings, LiveKitSettings, RedisSettings, WebhookSettings,
+    WriterSettings,
+)
 
-
-class SettingsError(ValueError):
-    """The configuration is invalid; the message says which setting, where it came from, and why."""
-
-    def __init__(self, message: str, setting: str = "") -> None:
-        super().__init__(message)
-        self.setting = setting  # "section.field" when the message is about one setting
-
-
-class LiveKitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: str = "ws://127.0.0.1:7880"
-    api_key: str = "devkey"
-    api_secret: str = "secret"
-    token_ttl: float = 600.0  # seconds; the server refreshes tokens of connected clients itself
-
-
-class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "rs"
-    partitions: int = 16  # feed partitions; fixed in Redis by the first writer
-    stream_maxlen: int = 0  # 0 keeps every event (the log is the source of truth)
-
-
-class WriterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    max_batch: int = 256
-    max_pending: int = 10_000
-    max_block: float = 0.5  # longest an append may wait for room in the queue before spilling to the spool
-    spool_dir: str = "/var/lib/room-supervisor/spool"
-    spool_max_bytes: int = 1 << 30
-    spool_fsync: bool = False
-
-
-class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str = ""  # empty: the host name (stable across restarts: a restarted daemon takes its rooms back at once)
-    max_rooms: int = 200
-    default_pipeline: str = "listen"
-    drain_timeout: float = 25.0  # keep below systemd's TimeoutStopSec
-    lease_ttl: float = 10.0
-    outage_grace: float = 120.0  # s without Redis after which a room with another bot of ours is given up
-    reconcile_interval: float = 1.0
-    rejoin_base: float = 0.5
-    rejoin_max: float = 30.0
-    restart_budget: int = 5  # pipeline crashes per room within restart_window before the room is failed
-    restart_window: float = 300.0
-    http_host: str = "127.0.0.1"
-    http_port: int = 9108  # 0 disables the HTTP endpoint
-    watchdog_interval: float = 0.0  # 0: from $WATCHDOG_USEC
-    log_level: str = "INFO"
-    max_stream_bytes: int = 1 << 20  # content kept of one LiveKit text or byte stream; the rest is counted
-    # a new room is taken only while the daemon's load (event-loop CPU and lag, 0..1) is below this; rooms it
-    # declines stay desired for other daemons. 1.0 or more: admission by load is off, only max_rooms limits
-    load_threshold: float = 0.7
-
-
-class AudioSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    in_sample_rate: int = 16000  # the pipeline's input audio (the rtc SDK resamples natively)
-    out_sample_rate: int = 24000  # the bot's published audio
-    frame_ms: int = 20  # input frame length: 10 ms frames cost about twice the CPU of 20 ms ones
-
-
-class ConsumerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    lease_ms: int = 10_000
-    block_ms: int = 1000
-    chunk: int = 1000
-
-
-class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    livekit: LiveKitSettings = msgspec.field(default_factory=LiveKitSettings)
-    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
-    writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
-    daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
-    audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
-    consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
-    # name -> "module:function": the pipelines `join --pipeline NAME` may name, besides the built-ins and the
-    # entry points in the group room_supervisor.pipelines (these names win over entry points)
-    pipelines: dict[str, str] = msgspec.field(default_factory=dict)
-
-    def redacted(self) -> dict[str, Any]:
-        data = msgspec.to_builtins(self)
-        data["livekit"]["api_secret"] = "***" if self.livekit.api_secret else ""
-        data["redis"]["url"] = redact_url(self.redis.url)
-        return data
-
-    def __repr__(self) -> str:
-        return f"Settings({self.redacted()!r})"
-
-
-SECTIONS: dict[str, type[msgspec.Struct]] = {
-    "livekit": LiveKitSettings,
-    "redis": RedisSettings,
-    "writer": WriterSettings,
-    "daemon": DaemonSettings,
-    "audio": AudioSettings,
-    "consumer": ConsumerSettings,
-}
-# Sections that are a free table of name -> value rather than fixed fields.
-TABLES = ("pipelines",)
 
 # Well-known variables, mapped to (section, field).
 ENV_ALIASES: dict[str, tuple[str, str]] = {
@@ -311,6 +219,7 @@ def validate(s: Settings) -> None:
     if s.daemon.load_threshold <= 0:
         raise SettingsError(f"daemon.load_threshold must be positive, got {s.daemon.load_threshold}",
                             "daemon.load_threshold")
+    _validate_livekit_side(s)
     try:
         audio_format(s)
     except ValueError as exc:
@@ -322,6 +231,31 @@ def validate(s: Settings) -> None:
     if s.daemon.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"daemon.log_level must be DEBUG, INFO, WARNING or ERROR, got {s.daemon.log_level!r}",
                             "daemon.log_level")
+
+
+def _validate_livekit_side(s: Settings) -> None:
+    """[dispatch] and [webhooks]."""
+    if s.dispatch.pipeline and not is_name(s.dispatch.pipeline):
+        raise SettingsError(f"dispatch.pipeline: {s.dispatch.pipeline!r} is not a pipeline name", "dispatch.pipeline")
+    name = s.dispatch.agent_name
+    if len(name) > 128 or any(not c.isprintable() for c in name):
+        raise SettingsError(f"dispatch.agent_name must be at most 128 printable characters, got {name[:40]!r}",
+                            "dispatch.agent_name")
+    if not 0 < s.dispatch.target_load <= 1:
+        raise SettingsError(f"dispatch.target_load must be in (0, 1], got {s.dispatch.target_load}",
+                            "dispatch.target_load")
+    path = s.webhooks.path
+    if not path.startswith("/") or path in ("/healthz", "/metrics") or any(c in path for c in " ?#\r\n\t"):
+        raise SettingsError(f"webhooks.path must be a path like /livekit/webhook (not /healthz or /metrics), "
+                            f"got {path[:60]!r}", "webhooks.path")
+    if s.webhooks.rooms not in ("supervised", "all"):
+        raise SettingsError(f"webhooks.rooms must be \"supervised\" or \"all\", got {s.webhooks.rooms!r}",
+                            "webhooks.rooms")
+    if bool(s.webhooks.api_key) != bool(s.webhooks.api_secret):
+        raise SettingsError("webhooks.api_key and webhooks.api_secret are set together (or both left empty: the "
+                            "LiveKit key)", "webhooks.api_key" if not s.webhooks.api_key else "webhooks.api_secret")
+    if s.webhooks.enabled and not s.daemon.http_port:
+        raise SettingsError("webhooks.enabled needs the HTTP endpoint (daemon.http_port is 0)", "webhooks.enabled")
 
 
 def audio_format(s: Settings) -> AudioFormat:
@@ -372,13 +306,15 @@ def set_level(level: str) -> None:
 def reloadable(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     """The settings a running daemon adopts on SIGHUP, and what it cannot adopt without a restart.
 
-    [livekit] and [audio] (used by the next sessions) and [daemon] apply at once, except the daemon's id and HTTP address;
-    [redis] and [writer] belong to connections and files already open.
+    [livekit] and [audio] (used by the next sessions), [webhooks] (read at each request) and [daemon] apply at
+    once, except the daemon's id and HTTP address; [redis] and [writer] belong to connections and files already
+    open, [dispatch] to the worker registration with LiveKit.
     """
-    later = [f"[{section}]" for section in ("redis", "writer") if getattr(new, section) != getattr(old, section)]
+    later = [f"[{section}]" for section in ("redis", "writer", "dispatch")
+             if getattr(new, section) != getattr(old, section)]
     fixed = {name: getattr(old.daemon, name) for name in ("id", "http_host", "http_port")}
     later += [f"daemon.{name}" for name, value in fixed.items() if getattr(new.daemon, name) != value]
     daemon = msgspec.structs.replace(new.daemon, **fixed)
     merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, audio=new.audio,
-                      consumer=new.consumer, pipelines=new.pipelines)
+                      dispatch=old.dispatch, webhooks=new.webhooks, consumer=new.consumer, pipelines=new.pipelines)
     return merged, later

@@ -12,7 +12,7 @@ import pytest
 
 from harness.util import async_wait_until, free_port
 from supervisor.daemon import loops as loops_mod
-from supervisor.daemon.health import HttpEndpoint
+from supervisor.daemon.http import HttpEndpoint
 from supervisor.daemon.loops import Loops
 from supervisor.daemon.metrics import DaemonMetrics
 from supervisor.daemon.health import LoopMonitor, Probes

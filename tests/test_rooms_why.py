@@ -61,20 +61,20 @@ def test_rooms_shows_why_a_room_failed_or_ended(redis_url, capsys):
     capsys.readouterr()
     assert main(["rooms", "--redis-url", redis_url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ROOM", "WANTED", "PIPELINE", "SESSION@DAEMON", "CALL", "STATE/PHASE", "PEOPLE",
-                                "WHY"]
+    assert lines[0].split() == ["ROOM", "WANTED", "PIPELINE", "CAME", "SESSION@DAEMON", "CALL", "STATE/PHASE",
+                                "PEOPLE", "WHY"]
     table = lines[1:lines.index("")]  # then the daemons' table (none run here)
     assert lines[lines.index("") + 1].split()[:2] == ["DAEMON", "STATE"] and lines[-1] == "(no daemon running)"
-    shown = {line.split("'")[1]: line.split("'", 2)[2].split(None, 5) for line in table}
-    assert shown["closed room"] == ["ended", "-", "-", "-", "-", "room_closed: ROOM_CLOSED"]
-    assert shown["left room"] == ["ended", "-", "-", "-", "-", "left"]
-    assert shown["wanted room"][:2] == ["desired", "echo"] and shown["wanted room"][5] == "-"
+    shown = {line.split("'")[1]: line.split("'", 2)[2].split(None, 6) for line in table}
+    assert shown["closed room"] == ["ended", "-", "-", "-", "-", "-", "room_closed: ROOM_CLOSED"]
+    assert shown["left room"] == ["ended", "-", "-", "-", "-", "-", "left"]
+    assert shown["wanted room"][:3] == ["desired", "echo", "join"] and shown["wanted room"][6] == "-"
     assert shown["rejoining room"][:2] == ["desired", "echo"]  # desired wins over its last record
     assert shown["stray room"][0] == "-" and shown["garbage room"][0] == "-"  # no call end to show
     failed = shown["failed room"]
-    assert failed[:2] == ["failed", "echo"]
-    assert failed[5] == "pipeline_error: the factory raised ValueError('no pipeline today') Traceback (most recent call last…"
-    assert len(failed[5]) == 100  # one line, cut to fit
+    assert failed[:3] == ["failed", "echo", "join"]
+    assert failed[6] == "pipeline_error: the factory raised ValueError('no pipeline today') Traceback (most recent call last…"
+    assert len(failed[6]) == 100  # one line, cut to fit
     assert len(table) == 7
 
     assert main(["rooms", "--json", "--redis-url", redis_url]) == 0

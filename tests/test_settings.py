@@ -78,6 +78,15 @@ def test_garbage_in_the_file_is_named(tmp_path, text, says):
         ({"RS_DAEMON_NO_SUCH": "1"}, "RS_DAEMON_NO_SUCH"),
         ({"REDIS_URL": "localhost:6379"}, "redis.url"),
         ({"RS_DAEMON_MAX_ROOMS": "0"}, "max_rooms"),
+        ({"RS_DISPATCH_ENABLED": "sometimes"}, "dispatch.enabled"),
+        ({"RS_DISPATCH_PIPELINE": "my bot"}, "dispatch.pipeline: 'my bot' is not a pipeline name"),
+        ({"RS_DISPATCH_AGENT_NAME": "a\x00b"}, "dispatch.agent_name must be at most 128 printable characters"),
+        ({"RS_DISPATCH_TARGET_LOAD": "1.5"}, "dispatch.target_load must be in (0, 1]"),
+        ({"RS_WEBHOOKS_PATH": "webhook"}, "webhooks.path must be a path"),
+        ({"RS_WEBHOOKS_PATH": "/metrics"}, "webhooks.path must be a path"),
+        ({"RS_WEBHOOKS_ROOMS": "some"}, 'webhooks.rooms must be "supervised" or "all"'),
+        ({"RS_WEBHOOKS_API_KEY": "key-without-secret"}, "webhooks.api_key and webhooks.api_secret are set together"),
+        ({"RS_WEBHOOKS_ENABLED": "true", "RS_DAEMON_HTTP_PORT": "0"}, "webhooks.enabled needs the HTTP endpoint"),
     ],
 )
 def test_garbage_in_the_environment_is_named(env, says):

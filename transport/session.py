@@ -69,7 +69,10 @@ class SessionSpec:
     api_secret: str = field(repr=False)
     token_ttl: float = 600.0
     attempt: int = 0
-    cause: str = "join"  # join | rejoin | restart | takeover
+    cause: str = "join"  # join | dispatch | rejoin | restart | takeover
+    token: str = field(default="", repr=False)  # a token to join with (a LiveKit job's); empty: one is minted
+    job: str = ""  # the LiveKit agent job and dispatch this room came with (dispatch), recorded in session_started
+    dispatch: str = ""
     stop_reason: str = "drained"  # reason recorded when `stop` ends the session, unless `stop.reason` says
     end_timeout: float = 10.0  # how long a graceful leave may take before the pipeline is cancelled
     # name -> "module:function" registered by the daemon's settings ([pipelines]); `pipeline` is resolved
@@ -105,7 +108,7 @@ class _Session:
         """Transport, user handlers and pipeline, before anything is recorded or joined."""
         spec = self.spec
         definition = load_pipeline(spec.pipeline, spec.pipelines)
-        token = bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
+        token = spec.token or bot_token(spec.api_key, spec.api_secret, spec.room, spec.identity, ttl=spec.token_ttl)
         transport = RecordingLiveKitTransport(spec.livekit_url, token, spec.room, self.recorder,
                                               definition.params(spec.audio), max_stream_bytes=spec.max_stream_bytes,
                                               audio_input=AudioInput(spec.audio, enabled=definition.audio_in,
@@ -225,7 +228,7 @@ async def run_session(spec: SessionSpec, writer: EventWriter, stop: asyncio.Even
                       spec.pipeline)
         outcome = SessionOutcome("pipeline_error", True, f"pipeline factory failed: {exc!r}")
     await rec.emit(SessionStarted, identity=spec.identity, pipeline=spec.pipeline, attempt=spec.attempt,
-                   cause=spec.cause)
+                   cause=spec.cause, job=spec.job, dispatch=spec.dispatch)
     log.info("room=%s session=%s: starting (identity %s, pipeline %s, attempt %d, cause %s)", spec.room,
              spec.session_id, spec.identity, spec.pipeline, spec.attempt, spec.cause)
     try:

@@ -35,11 +35,12 @@ from typing import Any, Final
 from msgspec.structs import replace
 
 from ..records import (
-    AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, ByteStreamReceived, CallStateUpdated, Connected,
-    DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected, ParticipantDisconnected,
-    ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted, TextStreamReceived,
-    VideoTrackSubscribed, VideoTrackUnsubscribed, tag_of,
+    SERVER_RECORD_TYPES, AudioTrackSubscribed, AudioTrackUnsubscribed, BeforeDisconnect, ByteStreamReceived,
+    CallStateUpdated, Connected, DataReceived, Disconnected, FirstParticipantJoined, ParticipantConnected,
+    ParticipantDisconnected, ParticipantLeft, Reconnected, Reconnecting, Record, SessionEnded, SessionStarted,
+    TextStreamReceived, VideoTrackSubscribed, VideoTrackUnsubscribed, tag_of,
 )
+from .participants_server import apply_server
 from .participants_edit import _NO_STATS, _closed, _commit, _departure, _Draft, _is_rejoin, _note, _touch
 from .participants_model import (
     ABSENT_FROM_SNAPSHOT, ANOMALY_LIMIT, INFERRED, KEEPS_SUSPECTS, LEFT_WHILE_AWAY, LEFT_WHILE_RECONNECTING,
@@ -100,6 +101,7 @@ class ParticipantTracker:
             FirstParticipantJoined: _touch,  # participant_connected carries the presence
             BeforeDisconnect: _touch,
             CallStateUpdated: _touch,
+            **dict.fromkeys(SERVER_RECORD_TYPES, apply_server),
         }
 
     def initial(self, room: str) -> ParticipantsState:

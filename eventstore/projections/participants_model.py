@@ -11,11 +11,12 @@ from typing import Final
 import msgspec
 
 from ..records import (
-    AudioTrackUnsubscribed, ByteStreamReceived, CallStateUpdated, ParticipantDisconnected, ParticipantLeft,
-    Reconnecting, StoreRestored, StoreUnavailable, TextStreamReceived, VideoTrackUnsubscribed,
+    SERVER_RECORD_TYPES, AudioTrackUnsubscribed, ByteStreamReceived, CallStateUpdated, ParticipantDisconnected,
+    ParticipantLeft, Reconnecting, StoreRestored, StoreUnavailable, TextStreamReceived, VideoTrackUnsubscribed,
 )
 
 ANOMALY_LIMIT: Final = 20  # both reducers keep this many of the latest anomalies
+VISIT_LIMIT: Final = 1000  # server-view visits kept per room; later ones are counted in ServerView.dropped
 LEFT_WHILE_AWAY: Final = "left_while_bot_away"
 LEFT_WHILE_RECONNECTING: Final = "left_while_reconnecting"
 ABSENT_FROM_SNAPSHOT: Final = "absent_from_snapshot"
@@ -32,11 +33,12 @@ SUSPECT_REASONS: Final = frozenset({"", "UNKNOWN_REASON"})
 # Records that leave suspect departures undecided (both reducers): the rest of a departure's pair, the
 # unsubscriptions that follow it, the call-state echo, the daemon's notes about the event store, which say
 # nothing about people, and text/byte streams, which are written when a stream ends (by a task of their own, not
-# in the rtc event order), so where they land says nothing about who is in the room. ``Reconnecting`` decides
-# them itself.
+# in the rtc event order), so where they land says nothing about who is in the room. The server's records
+# (webhooks) are written by whichever daemon LiveKit posted to, at no fixed place in the bot's order, and change
+# only the server view. ``Reconnecting`` decides them itself.
 KEEPS_SUSPECTS: Final = frozenset({ParticipantDisconnected, ParticipantLeft, AudioTrackUnsubscribed,
                                    VideoTrackUnsubscribed, CallStateUpdated, Reconnecting, StoreUnavailable,
-                                   StoreRestored, TextStreamReceived, ByteStreamReceived})
+                                   StoreRestored, TextStreamReceived, ByteStreamReceived, *SERVER_RECORD_TYPES})
 
 
 def livekit_reason(record: ParticipantDisconnected | ParticipantLeft) -> str:
@@ -133,6 +135,33 @@ class RoomCounters(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     anomalies: int = 0
 
 
+class Visit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One connection of a participant as the LiveKit server reported it (webhooks), keyed by participant sid.
+    Times are the server's (whole seconds); ``left_at`` is None while LiveKit has not said it ended; ``aborted``:
+    the connection was given up before it became active; ``tracks`` counts the tracks it published."""
+    identity: str
+    sid: str
+    kind: str = ""
+    joined_at: float = 0.0
+    left_at: float | None = None
+    reason: str = ""
+    aborted: bool = False
+    tracks: int = 0
+
+
+class ServerView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the LiveKit server said about the room (its webhooks, ``lk_*`` records): when it started and finished,
+    and every connection, including people the bot never saw (LiveKit tells a subscriber about non-publishers in
+    batches, up to 3 s late; who came and went within that never reaches the bot). ``dropped`` counts visits not
+    kept beyond ``VISIT_LIMIT``; ``events`` the server records applied."""
+    room_sid: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    visits: dict[str, Visit] = {}
+    dropped: int = 0
+    events: int = 0
+
+
 class ParticipantsState(msgspec.Struct, frozen=True, kw_only=True):
     """``bot`` is ``idle``, ``joining``, ``connected``, ``reconnecting`` or ``away``; ``window_ts`` is set while
     a window is open and ``window_reason`` is what people absent from the closing snapshot left with.
@@ -156,3 +185,4 @@ class ParticipantsState(msgspec.Struct, frozen=True, kw_only=True):
     people: dict[str, PersonStats] = {}
     counters: RoomCounters = RoomCounters()
     anomalies: tuple[Anomaly, ...] = ()
+    server: ServerView = ServerView()

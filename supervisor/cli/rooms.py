@@ -106,7 +106,21 @@ async def gather_rooms(redis: Any, keys: Keys, beats: list[Heartbeat]) -> dict[s
         rooms[name].update(facts)
     for info in rooms.values():
         info["wanted"], info["why"] = standing(info)
+        info["came"] = came(info)
     return dict(sorted(rooms.items()))
+
+
+def came(info: dict[str, Any]) -> str:
+    """How the room came: ``join``, ``dispatch <dispatch id>`` (LiveKit's agent dispatch), ``webhook`` (nobody
+    asked for it; only LiveKit's webhooks were recorded), ``-`` (not known any more)."""
+    desired: dict[str, Any] = info.get("desired") or {}
+    if desired.get("cause") == "dispatch":
+        return f"dispatch {desired.get('dispatch') or '?'}"
+    if desired and "error" not in desired:
+        return "join"
+    if str((info.get("last") or {}).get("type", "")).startswith("lk_") and not info.get("session"):
+        return "webhook"
+    return "-"
 
 
 def standing(info: dict[str, Any]) -> tuple[str, str]:
@@ -144,8 +158,8 @@ def _line(name: str, info: dict[str, Any]) -> str:
     pipeline = desired.get("pipeline") or session.get("pipeline") or "-"
     people_text = ",".join(people) if people else ("0" if people == [] else "-")
     why = one_line(info.get("why") or "") or "-"
-    return (f"{name!r:<32} {info.get('wanted', '-'):<8} {pipeline:<16} {held:<28} {call_text:<20} "
-            f"{people_text:<16} {why}")
+    return (f"{name!r:<32} {info.get('wanted', '-'):<8} {pipeline:<16} {info.get('came', '-'):<20} {held:<28} "
+            f"{call_text:<20} {people_text:<16} {why}")
 
 
 def daemon_view(beat: Heartbeat) -> dict[str, Any]:
@@ -178,7 +192,7 @@ async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
         emit(json.dumps({"at": time.time(), "rooms": rooms, "recorded_rooms": recorded,
                           "daemons": [daemon_view(b) for b in beats]}, ensure_ascii=False))
         return 0
-    emit(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} "
+    emit(f"{'ROOM':<32} {'WANTED':<8} {'PIPELINE':<16} {'CAME':<20} {'SESSION@DAEMON':<28} {'CALL STATE/PHASE':<20} "
          f"{'PEOPLE':<16} WHY")
     for name, info in rooms.items():
         emit(_line(name, info))

@@ -12,7 +12,10 @@ Life of a daemon (``room-supervisor serve``):
    due (up to ``max_rooms``) and start a RoomSession for each (:mod:`supervisor.daemon.reconcile`); renew every held
    lease in one round trip and ride out Redis outages (:mod:`supervisor.daemon.lease_keeper`); heartbeat its state to
    ``rs:daemon:<id>``. The id is stable across restarts (``daemon.id``, default: the host name), so a
-   restarted daemon takes its own rooms back at once instead of waiting for their leases to expire;
+   restarted daemon takes its own rooms back at once instead of waiting for their leases to expire. With
+   ``[dispatch] enabled`` it is also a LiveKit agent worker: rooms LiveKit dispatches to it become desired and
+   held at once (:mod:`supervisor.daemon.worker`, :mod:`supervisor.daemon.jobs`); with ``[webhooks] enabled`` it
+   records LiveKit's webhooks in the rooms' streams (:mod:`supervisor.daemon.webhooks`);
 4. on the first SIGTERM, drain: ``STOPPING=1``, every session leaves gracefully (``on_before_disconnect``),
    LiveKit is asked until it no longer lists the bot (a lingering bot is removed), leases are released, the
    writer flushes, all within ``drain_timeout``; exit 0 if everything ended in time and every bot is gone.
@@ -31,5 +34,8 @@ Where things are:
   (leftovers removed, departures confirmed, missing bots noticed);
 - ``registry``, ``loops``: the sessions a daemon holds, and its long-running loops kept alive;
 - ``recovery``: the spool lock and the replay of spools left by earlier runs;
-- ``health``, ``metrics``, ``notify``: ``/healthz`` and ``/metrics``, Prometheus metrics, systemd's sd_notify.
+- ``worker``, ``jobs``: the LiveKit agent worker protocol, and taking (and ending) the jobs it is given;
+- ``http``, ``webhooks``: the HTTP endpoint, and LiveKit's webhooks received there;
+- ``health``, ``metrics``, ``notify``: ``/healthz`` and ``/metrics``, Prometheus metrics, systemd's sd_notify;
+- ``load``: the event loop's load, and how many new rooms it allows.
 """

@@ -198,11 +198,12 @@ class Leases:
         await self.index({room: e for (room, _), e in zip(held, expiries) if e})
         return expiries
 
-    async def index(self, scores: dict[str, int]) -> None:
-        """Move rooms in the claimable index (only rooms still in it: a room left meanwhile stays out)."""
+    async def index(self, scores: dict[str, int], *, add: bool = False) -> None:
+        """Move rooms in the claimable index (only rooms still in it: a room left meanwhile stays out), or with
+        ``add`` put them in (a room no longer desired is dropped from it when it comes due)."""
         if scores:
             await self.redis.zadd(self.keys.claimable(), {room.encode("utf-8"): ms for room, ms in scores.items()},
-                                  xx=True)
+                                  xx=not add)
 
     async def due(self, limit: int) -> list[str]:
         """Up to ``limit`` rooms of the claimable index whose time has come (free, or their lease expired),

@@ -29,7 +29,8 @@ from ..errors import REDIS_TROUBLE, CommandError
 from ..heartbeat import Heartbeat, delete_heartbeat, load_fields, read_heartbeat, twin, write_heartbeat
 from ..settings import Settings, SettingsError, quiet_routine_noise, reloadable, set_level
 from .bots import PresenceCheck
-from .health import HttpEndpoint, Probes, check_pipelines
+from .health import Probes, check_pipelines
+from .http import HttpEndpoint
 from .lease_keeper import LeaseKeeper
 from .leases import Leases
 from .load import LoopMonitor
@@ -40,6 +41,9 @@ from .reconcile import Reconciler
 from .recovery import SpoolUnavailable, flush_unless, own_spool, replay_before_claims
 from .registry import SessionRegistry
 from .session import STATES, RoomSession, SessionContext, SessionRunner
+from .jobs import JobBook, JobTaker
+from .webhooks import WebhookSink
+from .worker import AgentWorker
 from .shutdown import CLOSE_WAIT, FORCED_WAIT, cancel_sessions, remove_bots_now, wait_sessions
 
 log = logging.getLogger("supervisor")
@@ -91,6 +95,10 @@ class Daemon:
         self.reconciler = Reconciler(self.id, self.control, self.leases, self.registry, lambda: self.settings,
                                      self._context, self.drain_requested.is_set, self.monitor.load)
         self.keeper: LeaseKeeper | None = None
+        self.jobs = JobBook()
+        self.taker = JobTaker(self.id, self.control, self.registry, self.jobs, lambda: self.settings, self.metrics,
+                              self.reconciler.room_for_one_more, self.reconciler.start_dispatched)
+        self.worker: AgentWorker | None = None
 
     # --- signals: they only set state ------------------------------------------------------------------------
 
@@ -129,6 +137,10 @@ class Daemon:
                     self.loops.start("presence", PresenceCheck(self.registry, self.livekit).step)
                 self.loops.start("reconcile", self._reconcile_step)
                 self.loops.start("control", lambda: self.reconciler.watch_commands(self._wake))
+                if self.settings.dispatch.enabled:
+                    self.worker = AgentWorker(lambda: self.settings, self.taker, self.metrics, self.id,
+                                              self._fullness, "room-supervisor")
+                    self.loops.start("dispatch", self.worker.step)
                 await self.drain_requested.wait()
             return EXIT_DRAINED if await self.drain() else EXIT_NOT_DRAINED
         finally:
@@ -162,7 +174,9 @@ class Daemon:
         self.livekit = lkapi.LiveKitAPI(s.livekit.url, s.livekit.api_key, s.livekit.api_secret, failover=False)
         self.probes = Probes(self.redis, self.livekit, self.monitor, self.metrics, self.loops.problems)
         if s.daemon.http_port:
-            self.http = HttpEndpoint(s.daemon.http_host, s.daemon.http_port, self.probes.health, self.metrics.render)
+            hooks = WebhookSink(self.redis, self.keys, lambda: self.settings, self.id, self.metrics)
+            self.http = HttpEndpoint(s.daemon.http_host, s.daemon.http_port, self.probes.health, self.metrics.render,
+                                     hooks.routes)
             try:
                 await self.http.start()
             except OSError as exc:
@@ -229,7 +243,7 @@ class Daemon:
         sessions = await self.registry.sessions()
         self.notifier.stopping(f"draining {len(sessions)} rooms")
         log.info("daemon %s draining %d rooms (bound %.1fs)", self.id, len(sessions), self.settings.daemon.drain_timeout)
-        await self.loops.stop(("reconcile", "control"))
+        await self.loops.stop(("reconcile", "control", "dispatch"))  # no new rooms, from us or from LiveKit
         for session in sessions.values():
             session.request_stop("drained")
         reserve = min(2.0, self.settings.daemon.drain_timeout * 0.2)
@@ -267,6 +281,8 @@ class Daemon:
         wait = FORCED_WAIT if self.forced else CLOSE_WAIT
         await cancel_sessions((await self.registry.sessions()).values(), self.force_requested)
         await self.loops.stop()
+        if self.worker is not None:
+            await self.worker.aclose()
         if self.monitor.task is not None:
             self.monitor.task.cancel()
             await asyncio.gather(self.monitor.task, return_exceptions=True)
@@ -293,7 +309,16 @@ class Daemon:
     def _context(self) -> SessionContext:
         assert self.writer is not None and self._run_session is not None
         return SessionContext(self.writer, self.leases, self.control, self.registry, self.metrics, self.id,
-                              lambda: self.settings, self._run_session, self.livekit)
+                              lambda: self.settings, self._run_session, self.livekit, self.jobs.token_for,
+                              self.taker.ended)
+
+    async def _fullness(self) -> tuple[bool, float]:
+        """For LiveKit's dispatch: (takes no new room now, how full the daemon is: 0..1)."""
+        d = self.settings.daemon
+        fraction = await self.registry.count() / d.max_rooms
+        if d.load_threshold < 1.0:
+            fraction = max(fraction, self.monitor.load().load / d.load_threshold)
+        return not await self.reconciler.room_for_one_more(), min(1.0, fraction)
 
     async def _reconcile_step(self) -> None:
         try:

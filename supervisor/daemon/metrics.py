@@ -50,6 +50,16 @@ class DaemonMetrics:
                           "below daemon.load_threshold", registry=r)
         self.declined = Gauge("room_supervisor_rooms_declined", "Due rooms left to other daemons because of load "
                               "(counted at each reconcile pass, since start)", registry=r)
+        self.webhooks = Counter("room_supervisor_webhooks", "LiveKit webhooks received, by outcome (recorded, "
+                                "duplicate, ignored, refused, malformed, unavailable)", ["outcome"], registry=r)
+        self.jobs = Counter("room_supervisor_dispatch_jobs", "LiveKit agent jobs, by outcome (offered, accepted, "
+                            "declined, assigned, failed, terminated)", ["outcome"], registry=r)
+        self.worker_up = Gauge("room_supervisor_dispatch_registered", "1 while registered with LiveKit as an agent "
+                               "worker", registry=r)
+        for outcome in ("recorded", "duplicate", "ignored", "refused", "malformed", "unavailable"):
+            self.webhooks.labels(outcome)
+        for outcome in ("offered", "accepted", "declined", "assigned", "failed", "terminated"):
+            self.jobs.labels(outcome)
         for kind in ("pipeline_error", "room_failed", "lease_lost", "redis", "livekit", "internal",
                      "ghost_removed", "ghost_unconfirmed"):
             self.errors.labels(kind)

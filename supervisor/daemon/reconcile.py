@@ -142,6 +142,32 @@ class Reconciler:
         recent = min(len(self._started), held)
         return allowance(self._load().load, threshold, held - recent, recent)
 
+    async def room_for_one_more(self) -> bool:
+        """Whether this daemon would take one more new room now (max_rooms, load, not draining): LiveKit's agent
+        dispatch asks before it gives a job."""
+        if self._draining():
+            return False
+        held = await self.registry.count()
+        if held >= self._settings().daemon.max_rooms:
+            return False
+        return self._admissible(held, asyncio.get_running_loop().time()) > 0
+
+    async def start_dispatched(self, room: str, want: DesiredRoom) -> bool:
+        """Claim a room LiveKit gave this daemon (now desired with ``want``) and start its session at once."""
+        loop = asyncio.get_running_loop()
+        if self._draining():
+            return False
+        sent = loop.time()
+        claim = (await self.leases.claim_many([room], takeover=False))[0]
+        if claim.expires_ms:  # due for other daemons only when this lease expires
+            await self.leases.index({room: claim.expires_ms}, add=True)
+        if not claim.granted or claim.status == "OWN":
+            return False
+        if await self._start_session(room, want, claim, sent):
+            self._started.append(loop.time())
+            return True
+        return False
+
     async def _claim_rooms(self, held: dict[str, RoomSession]) -> None:
         loop = asyncio.get_running_loop()
         free = self._settings().daemon.max_rooms - len(held)
@@ -196,6 +222,8 @@ class Reconciler:
                     log.info("daemon %s: room=%s: taken back from an earlier run of this daemon (%s), epoch %d",
                              self.daemon_id, shown(room), claim.previous_owner, claim.epoch)
                 return True
+            if claim.status == "OWN":
+                return False  # a session of ours started meanwhile (a dispatched room) and holds this lease
         except Exception:  # noqa: BLE001 - one room must not stop the others
             log.exception("daemon %s: room=%s: could not start a session; lease released, room skipped",
                           self.daemon_id, shown(room))

@@ -78,6 +78,10 @@ class SessionContext:
     settings: Callable[[], Settings]  # the current settings (SIGHUP may replace them)
     run_session: SessionRunner
     livekit: lkapi.LiveKitAPI | None = None  # to remove a previous holder's bot after a takeover
+    # LiveKit agent jobs (supervisor.daemon.jobs): room -> (identity, token) of its job while that token may join,
+    # and what to tell when a room's sessions are over for good on this daemon (room, last reason)
+    job_token: Callable[[str], tuple[str, str] | None] | None = None
+    job_ended: Callable[[str, str], None] | None = None
 
 
 class RoomSession:
@@ -94,6 +98,8 @@ class RoomSession:
         self.lease_lost = ""
         self.unconfirmed = False  # LiveKit could not be shown that the last session's bot left
         self._first_cause = claim.cause
+        if desired.how == "dispatch":  # a dispatched room: taken by the daemon LiveKit gave the job, else rejoined
+            self._first_cause = "dispatch" if claim.status == "NEW" and self._job_token() else "rejoin"
         self.last_renewed = claimed_at  # loop time at which the last successful claim/renew was sent
         self._stop = StopSignal()
         self._restart_to: DesiredRoom | None = None
@@ -170,8 +176,13 @@ class RoomSession:
             await self._sessions()
         finally:
             self._done = True  # from here the lease is released, not renewed
+            if self.ctx.job_ended is not None:
+                self.ctx.job_ended(self.room, self.last_outcome.reason if self.last_outcome else self._stop.reason)
             await self._release()
             await self.ctx.registry.remove(self)
+
+    def _job_token(self) -> tuple[str, str] | None:
+        return self.ctx.job_token(self.room) if self.ctx.job_token is not None else None
 
     async def _remove_earlier_bots(self) -> None:
         """Before each bot of ours joins, no other bot of ours may be in the room (a dead holder's, our own
@@ -271,8 +282,11 @@ class RoomSession:
     def _make_spec(self, cause: str, attempt: int) -> SessionSpec:
         settings = self.ctx.settings()
         lk = settings.livekit
+        job = self._job_token()  # a dispatched room's bot joins as the job's identity while its token lasts
+        identity, token = job if job is not None else (bot_identity(), "")
         return SessionSpec(
-            room=self.room, session_id=uuid.uuid4().hex, identity=bot_identity(), epoch=self.epoch,
+            room=self.room, session_id=uuid.uuid4().hex, identity=identity, token=token, job=self.desired.job,
+            dispatch=self.desired.dispatch, epoch=self.epoch,
             producer=self.ctx.producer, pipeline=self.pipeline, livekit_url=lk.url, api_key=lk.api_key,
             api_secret=lk.api_secret, token_ttl=lk.token_ttl, attempt=attempt, cause=cause,
             stop_reason=self._stop.reason or "drained", pipelines=settings.pipelines,

@@ -25,14 +25,23 @@ REPO = Path(__file__).resolve().parents[2]
 _OUTER = ("RS_", "LIVEKIT_", "REDIS_", "NOTIFY_", "WATCHDOG_", "ROOM_SUPERVISOR")
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def write_config(path: Path, redis_url: str, livekit_url: str, *, spool_dir: Path, daemon: Mapping[str, Any],
-                 pipelines: Mapping[str, str] | None = None) -> Path:
+                 pipelines: Mapping[str, str] | None = None,
+                 sections: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """A TOML config like an operator's: ``[livekit]`` and ``[redis]`` URLs, ``[writer] spool_dir``, the
-    ``[daemon]`` settings given, and ``[pipelines]``. Credentials come from the environment."""
+    ``[daemon]`` settings given, other ``sections`` (``{"webhooks": {"enabled": True}}``) and ``[pipelines]``.
+    Credentials come from the environment."""
     lines = ["[livekit]", f'url = "{livekit_url}"', "", "[redis]", f'url = "{redis_url}"', "",
              "[writer]", f'spool_dir = "{spool_dir}"', "", "[daemon]"]
-    for key, value in daemon.items():
-        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value!r}")
+    lines += [f"{key} = {_toml_value(value)}" for key, value in daemon.items()]
+    for section, values in (sections or {}).items():
+        lines += ["", f"[{section}]", *(f"{key} = {_toml_value(value)}" for key, value in values.items())]
     lines += ["", "[pipelines]"]
     lines += [f'{name} = "{target}"' for name, target in (pipelines or {}).items()]
     path.write_text("\n".join(lines) + "\n")
@@ -53,16 +62,17 @@ class DaemonProcess:
 
     def __init__(self, workdir: Path, redis_url: str, livekit_url: str, *, daemon_id: str,
                  env: Mapping[str, str] | None = None, pipelines: Mapping[str, str] | None = None,
-                 **daemon: Any) -> None:
+                 sections: Mapping[str, Mapping[str, Any]] | None = None, **daemon: Any) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis_url, self.livekit_url = redis_url, livekit_url
         self.id = daemon_id
         self.spool_dir = self.dir / "spool"
-        self.http_port = free_port()
+        self.http_host = daemon.get("http_host", "127.0.0.1")
+        self.http_port = daemon.pop("http_port", None) or free_port(self.http_host)
         self.config = write_config(self.dir / f"{self.id}.toml", redis_url, livekit_url, spool_dir=self.spool_dir,
                                    daemon={"id": daemon_id, "http_port": self.http_port, **daemon},
-                                   pipelines=pipelines)
+                                   pipelines=pipelines, sections=sections)
         self.env = clean_env(env)
         self.log_path = self.dir / f"{self.id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -118,7 +128,7 @@ class DaemonProcess:
         """One unlabelled value from the daemon's ``/metrics`` (0 when it does not answer)."""
         def get() -> str:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as resp:
+                with urllib.request.urlopen(f"http://{self.http_host}:{self.http_port}/metrics", timeout=10) as resp:
                     return resp.read().decode()
             except OSError:
                 return ""
