@@ -2,6 +2,7 @@
 
     python bench/replay.py                       # 1,000,000 events in 10,000 rooms
     python bench/replay.py --events 100000 --rooms 1000 --quick
+    python bench/replay.py --archived-half       # also: every second room archived, rebuilt through the archive
 
 Starts its own redis-server (free 127.0.0.1 port, temporary directory, no persistence), loads ``--events``
 records of plausible calls into ``--rooms`` rooms in the writer's exact entry format (see replay_workload.py),
@@ -224,6 +225,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         load_seconds = time.perf_counter() - t
         found = run_rounds(server.url, counts, args.rounds)
         extra = {} if args.quick else informational(server.url, counts)
+        if args.archived_half:  # last: it moves rooms out of Redis
+            from replay_archived import measure_archived_half
+
+            _, ours = timed(server.url, rebuild_ours, list(counts))
+            extra.update(measure_archived_half(server.url, counts, args.rounds, PROJECTIONS, timed, ours))
+            found["problems"] += [] if extra["archived_half_agree"] else ["archived-half rebuild differs from ours"]
         _, version = timed(server.url, _redis_version, [])
     return {"counts": counts, "load_seconds": load_seconds, "informational": extra, "redis_version": version,
             **found}
@@ -255,6 +262,8 @@ def report(args: argparse.Namespace, m: dict[str, Any], env: dict[str, Any]) -> 
         "median_per_s": median, "seconds": {k: rounded(v) for k, v in m["seconds"].items()},
         "baseline": {"rooms_per_trip": ROOMS_PER_TRIP, "count": PAGE, "gc": "paused, like ours"},
         **m["informational"],
+        **({"archived_half_vs_all_in_redis": ratio(m["informational"]["archived_half_events_per_s"], best["ours"])}
+           if "archived_half_events_per_s" in m["informational"] else {}),
     }
 
 
@@ -264,6 +273,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rooms", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=2, help="rounds; every contender once per round, the best counts")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--archived-half", action="store_true",
+                   help="then archive every second room and rebuild all through the archive (replay_many(archive=))")
     p.add_argument("--quick", action="store_true",
                    help="skip the informational runs (ours with GC on, per-room replay, consumers)")
     args = p.parse_args()

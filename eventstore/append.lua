@@ -1,6 +1,8 @@
 -- Append a batch of records to one room's stream, assigning the next sequence numbers atomically.
 --
 -- KEYS[1] room events stream, KEYS[2] room meta hash, KEYS[3] room lease hash (all share the room's hash tag)
+-- KEYS[4] (optional) the room's archive tombstone: its last seq, left when the archiver removed the room
+--   (eventstore.retention); a room written again continues after it, and the tombstone goes
 -- ARGV[1] fencing epoch of the writer (0 = unfenced)
 -- ARGV[2] expected current seq (-1 = any): a stale expectation is refused
 -- ARGV[3] batch token ('' = none): the same token as the room's last batch means this is a retry
@@ -9,7 +11,7 @@
 --   lengths, then its type, its JSON starting {"type":"<type>","seq":0, and its data argument
 --   (the data argument is '' for no data field, else 'd' followed by the raw payload).
 --   One argument for the whole batch keeps client-side command packing cheap.
--- Optional, for an append that must happen once (eventstore.once): KEYS[4] the room's once hash, ARGV[6] the
+-- Optional, for an append that must happen once (eventstore.once): KEYS[5] the room's once hash, ARGV[6] the
 --   batch's once id. A batch whose id the hash holds is not written again; the hash maps the id to the batch's
 --   last seq.
 --
@@ -19,10 +21,10 @@ local meta = KEYS[2]
 local token = ARGV[3]
 local once = ARGV[6]
 if once ~= nil then
-  if #KEYS ~= 4 or once == '' then
-    return redis.error_reply('ERR append: a once id needs KEYS[4] and a non-empty ARGV[6]')
+  if #KEYS ~= 5 or once == '' then
+    return redis.error_reply('ERR append: a once id needs KEYS[5] and a non-empty ARGV[6]')
   end
-  local seen = redis.call('HGET', KEYS[4], once)
+  local seen = redis.call('HGET', KEYS[5], once)
   if seen then
     return {'SEEN', tonumber(seen)}
   end
@@ -31,7 +33,14 @@ if token ~= '' and redis.call('HGET', meta, 'batch') == token then
   local m = redis.call('HMGET', meta, 'first', 'seq', 'last')
   return {'DUP', tonumber(m[1]), tonumber(m[2]), m[3]}
 end
-local cur = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local stored = redis.call('HGET', meta, 'seq')
+local tomb = KEYS[4]
+if not stored and tomb then
+  stored = redis.call('GET', tomb)
+else
+  tomb = nil
+end
+local cur = tonumber(stored or '0')
 local epoch = tonumber(ARGV[1])
 if epoch > 0 then
   local lease_epoch = tonumber(redis.call('HGET', KEYS[3], 'epoch') or '0')
@@ -109,6 +118,9 @@ end
 redis.call('HSET', meta, 'seq', string.format('%d', cur + n), 'first', string.format('%d', cur + 1),
   'last', id, 'batch', token)
 if once ~= nil then
-  redis.call('HSET', KEYS[4], once, string.format('%d', cur + n))
+  redis.call('HSET', KEYS[5], once, string.format('%d', cur + n))
+end
+if tomb then
+  redis.call('DEL', tomb)
 end
 return {'OK', cur + 1, cur + n, id}

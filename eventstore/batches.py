@@ -102,8 +102,9 @@ class BatchSender:
     async def _send(self, batches: list[_Batch]) -> list[object]:
         pipe = self._redis.pipeline(transaction=False)
         for b in batches:
-            pipe.evalsha(_APPEND_SHA, 3, self.keys.events(b.room), self.keys.meta(b.room),
-                         self.keys.lease(b.room), b.epoch, -1, b.token, self._maxlen, frame_batch(b.items))
+            pipe.evalsha(_APPEND_SHA, 4, self.keys.events(b.room), self.keys.meta(b.room),
+                         self.keys.lease(b.room), self.keys.archived(b.room), b.epoch, -1, b.token, self._maxlen,
+                         frame_batch(b.items))
         await self._feed.notify(pipe, [b.room for b in batches])
         replies = await pipe.execute(raise_on_error=False)
         self.stats.round_trips += 1

@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 
+from .archive import ArchiveStore
 from .connection import honour_cancellation
 from .deadletter import DeadLetters
 from .feed import load_partitions
@@ -93,14 +94,15 @@ class ProjectionRunner(Generic[S]):
 
     def __init__(self, redis: aioredis.Redis, projection: Projection[S], *, keys: Keys | None = None,
                  instance: str | None = None, chunk: int = 1000, lease_ms: int = 10_000,
-                 block_ms: int = 1000) -> None:
+                 block_ms: int = 1000, archive: ArchiveStore | None = None) -> None:
         self._redis = redis
         self.keys = keys or Keys()
         self.projection = projection
         self.instance = instance or uuid.uuid4().hex[:12]
         self.store: ProjectionStore[S] = ProjectionStore(redis, projection, self.keys)
         self.dead = DeadLetters(redis, self.keys)
-        self.reader = RoomReader(redis, self.keys, on_undecodable=self._dead_letter)
+        # with an archive, a room archived (or trimmed) and written again is folded from its archived part first
+        self.reader = RoomReader(redis, self.keys, on_undecodable=self._dead_letter, archive=archive)
         self.chunk = chunk
         self.lease_ms = lease_ms
         self.block_ms = block_ms
@@ -147,6 +149,10 @@ class ProjectionRunner(Generic[S]):
                 record = await self.reader.decode(room, entry_id, fields)
                 if record is None or record.seq <= seq:
                     continue
+                if record.seq != seq + 1 and self.reader.archive is not None:
+                    # not in Redis any more: archived (and written again since), or trimmed behind the archive
+                    state, seq, more = await self._fold_archived(room, state, seq, record.seq - 1)
+                    folded += more
                 if record.seq != seq + 1:
                     log.error("room %r: %s sees a gap (%d -> %d); stream trimmed?", room,
                               self.projection.name, seq, record.seq)
@@ -163,6 +169,15 @@ class ProjectionRunner(Generic[S]):
             self.applied += folded
             if len(page) < self.chunk:
                 return applied
+
+    async def _fold_archived(self, room: str, state: S, seq: int, until: int) -> tuple[S, int, int]:
+        """Fold the records after ``seq`` up to ``until`` from the archive; the state, its seq, how many."""
+        folded = 0
+        async for record in self.reader.iter_room(room, seq, until=until):
+            state = self.projection.apply(state, record)
+            seq = record.seq
+            folded += 1
+        return state, seq, folded
 
     async def rooms_behind(self, partitions: set[int], total: int) -> list[str]:
         """Rooms of ``partitions`` whose state is behind their stream: the last appended entry (``last`` in the

@@ -14,6 +14,8 @@ Layout (prefix ``rs`` by default)::
     rs:room:{<room>}:lease           HASH    owner, epoch (fencing), expires (ms); see supervisor.daemon.leases
     rs:room:{<room>}:state:<proj>    HASH    state (JSON), seq, id: a projection's state and its checkpoint
     rs:room:{<room>}:once            HASH    once id -> seq: records appended exactly once (LiveKit webhook event ids)
+    rs:room:{<room>}:archiving       STRING  the archiver working on the room (a lock with a TTL)
+    rs:room:{<room>}:archived        STRING  an archived room's last seq (all else of it is gone from Redis)
     rs:feed:<n>                      STREAM  notifications "room R has events up to seq S" for partition n
     rs:feed:partitions               STRING  the partition count, fixed by the first writer
     rs:rooms                         ZSET    every room that has events (member: raw name, score: first seen)
@@ -88,6 +90,12 @@ class Keys:
 
     def once(self, room: str) -> str:
         return self.room_base(room) + ":once"
+
+    def archiving(self, room: str) -> str:
+        return self.room_base(room) + ":archiving"
+
+    def archived(self, room: str) -> str:
+        return self.room_base(room) + ":archived"
 
     def state(self, room: str, projection: str) -> str:
         if not projection or not projection.replace("-", "").replace("_", "").isalnum():

@@ -6,16 +6,22 @@ few dozen ``XRANGE ... COUNT 1`` calls at most), then reads forward.
 
 An entry that does not decode (written by someone else, or by a newer schema) is never fatal: it is passed
 to ``on_undecodable`` (consumers send it to the dead-letter stream) and skipped.
+
+With an ``archive`` (:mod:`eventstore.archive`), a room's records are read from the archive first and then from
+Redis after the archive's last seq: a room archived (and removed from Redis), trimmed behind its consumers, or
+archived and joined again reads as one gapless sequence, each seq once.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Union
 
 import redis.asyncio as aioredis
 
+from .archive import ArchiveStore
 from .codec import DecodeError, decode_entry
 from .keys import Keys
 from .records import AnyRecord
@@ -62,14 +68,19 @@ def _next_id(entry_id: bytes | str) -> str:
 
 class RoomReader:
     def __init__(self, redis: aioredis.Redis, keys: Keys | None = None, *,
-                 on_undecodable: UndecodableHook | None = None) -> None:
+                 on_undecodable: UndecodableHook | None = None, archive: ArchiveStore | None = None) -> None:
         self._redis = redis
         self.keys = keys or Keys()
         self._on_undecodable = on_undecodable
+        self.archive = archive
 
     async def last_seq(self, room: str) -> int:
-        raw = await self._redis.hget(self.keys.meta(room), "seq")
-        return int(raw) if raw else 0
+        """The room's last seq: its meta, or the tombstone of an archived room."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(self.keys.meta(room), "seq")
+        pipe.get(self.keys.archived(room))
+        raw, archived = await pipe.execute()
+        return int(raw or archived or 0)
 
     async def _first_seq_from(self, key: str, ms: int) -> float:
         """The seq of the first record with id >= ``ms``-0 (infinity if none). Entries that do not decode are
@@ -142,6 +153,15 @@ class RoomReader:
         ``on_undecodable``; the range is decided on decoded records only, never on a foreign entry's fields."""
         if until is not None and until <= since:
             return
+        if self.archive is not None:
+            archived = await self.archive.last_seq(room)
+            if since < archived:
+                async with aclosing(self._archived(room, since, until)) as old:
+                    async for entry_id, record in old:
+                        yield entry_id, record
+                        if until is not None and record is not None and record.seq >= until:
+                            return
+                since = archived
         start = await self.position_after(room, since)
         in_range = since <= 0
         async for entry_id, fields in self.entries(room, start, count=count):
@@ -160,6 +180,22 @@ class RoomReader:
             yield entry_id, record
             if until is not None and record.seq >= until:
                 return
+
+    async def _archived(self, room: str, since: int,
+                        until: int | None) -> AsyncIterator[tuple[bytes, AnyRecord | None]]:
+        assert self.archive is not None
+        async with aclosing(self.archive.entries(room, since)) as entries:
+            async for entry_id, fields in entries:
+                raw_id = entry_id.encode()
+                try:
+                    record = decode_entry(fields)
+                except DecodeError as exc:
+                    await self._report(room, raw_id, fields, exc)
+                    yield raw_id, None
+                    continue
+                yield raw_id, record
+                if until is not None and record.seq >= until:
+                    return
 
     async def iter_room(self, room: str, since: int = 0, *, until: int | None = None,
                         count: int = 1000) -> AsyncIterator[AnyRecord]:

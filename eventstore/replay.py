@@ -7,12 +7,14 @@ re-exports these functions); the states are computed in memory and returned.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any, Iterable, Sequence, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 
+from .archive import ArchiveStore
 from .codec import DecodeError, decode_entry
 from .connection import honour_cancellation
 from .keys import Keys
@@ -24,9 +26,10 @@ S = TypeVar("S")
 
 
 async def replay(redis: aioredis.Redis, room: str, projection: Projection[S], *, keys: Keys | None = None,
-                 until: int | None = None) -> S:
-    """The state of ``room`` rebuilt from zero (optionally only up to sequence ``until``)."""
-    reader = RoomReader(redis, keys)
+                 until: int | None = None, archive: ArchiveStore | None = None) -> S:
+    """The state of ``room`` rebuilt from zero (optionally only up to sequence ``until``); with ``archive``, from
+    its archived records first."""
+    reader = RoomReader(redis, keys, archive=archive)
     state = projection.initial(room)
     async for record in reader.iter_room(room, 0, until=until):
         state = projection.apply(state, record)
@@ -35,7 +38,7 @@ async def replay(redis: aioredis.Redis, room: str, projection: Projection[S], *,
 
 async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: Sequence[Projection[Any]], *,
                       keys: Keys | None = None, rooms_per_trip: int = 64, count: int = 1000,
-                      pause_gc: bool = True) -> dict[str, list[Any]]:
+                      pause_gc: bool = True, archive: ArchiveStore | None = None) -> dict[str, list[Any]]:
     """Every room's state rebuilt from zero, for several projections at once: ``{room: [state per projection]}``.
 
     The same states as ``replay(redis, room, p)`` for each room and projection (undecodable entries are skipped
@@ -48,9 +51,13 @@ async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: 
     process, so also for other tasks meanwhile): the entries, records and states it creates by the million hold
     no reference cycles and are freed by reference counting, and collections triggered by that many allocations
     traverse everything alive, which costs a tenth to a fifth of the time.
+
+    With ``archive``, each archived room's records are folded from the archive first, then those in Redis after the
+    archive's last seq.
     """
     keys = keys or Keys()
-    reader = RoomReader(redis, keys)
+    reader = RoomReader(redis, keys, archive=archive)
+    archived_rooms = set(await archive.rooms()) if archive is not None else set()
     applies = [p.apply for p in projections]
     out: dict[str, list[Any]] = {}
     todo = list(dict.fromkeys(rooms))
@@ -69,12 +76,17 @@ async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: 
                 if n + 1 < len(batches):
                     await ahead.send(batches[n + 1])  # Redis prepares it while this batch is folded
                 states = {room: [p.initial(room) for p in projections] for room in batch}
+                old = [room for room in batch if room in archived_rooms]  # read side by side (file I/O in threads)
+                done = dict(zip(old, await asyncio.gather(*(_fold_archived(reader, room, states[room], applies)
+                                                            for room in old))))
                 start: dict[str, str] = {}
                 while batch:
                     more = []
                     for room, page in zip(batch, pages):
                         current = states[room]
                         records = await _decode_page(reader, room, page)
+                        if room in done:  # records still in Redis that the archive holds too: each seq once
+                            records = [r for r in records if r.seq > done[room]]
                         for k, apply in enumerate(applies):
                             state = current[k]
                             for record in records:
@@ -93,6 +105,26 @@ async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: 
         if collecting:
             gc.enable()
     return out
+
+
+async def _fold_archived(reader: RoomReader, room: str, current: list[Any], applies: list[Any]) -> int:
+    """Fold the archived records of ``room`` into ``current`` (one state per projection); returns the last seq."""
+    assert reader.archive is not None
+    last = 0
+    page: list[Any] = []  # in XRANGE's raw shape, so that the records are decoded together (_decode_page)
+    for entry_id, fields in await reader.archive.read_room(room):
+        last = int(fields[b"seq"])
+        flat = [b"type", fields[b"type"], b"seq", fields[b"seq"], b"rec", fields[b"rec"]]
+        if b"data" in fields:
+            flat += [b"data", fields[b"data"]]
+        page.append([entry_id.encode(), flat])
+    records = await _decode_page(reader, room, page)
+    for k, apply in enumerate(applies):
+        state = current[k]
+        for record in records:
+            state = apply(state, record)
+        current[k] = state
+    return last
 
 
 class _RawXrange:

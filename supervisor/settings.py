@@ -36,8 +36,8 @@ from .redaction import redact_url
 from .redaction import url_secrets as url_secrets
 from .settings_model import SECTIONS, TABLES, Settings, SettingsError
 from .settings_model import (  # noqa: F401 - re-exported: every section is importable from here
-    AudioSettings, ConsumerSettings, DaemonSettings, DispatchSettings, LiveKitSettings, RedisSettings, WebhookSettings,
-    WriterSettings,
+    AudioSettings, ConsumerSettings, DaemonSettings, DispatchSettings, LiveKitSettings, RedisSettings,
+    RetentionSettings, WebhookSettings, WriterSettings,
 )
 
 
@@ -51,7 +51,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 
 
 def env_overrides(environ: Mapping[str, str],
-                  sources: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+                  sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Settings named by environment variables, as strings grouped by section; ``sources`` gets
     ``"section.field" -> "environment variable NAME"`` for each."""
     out: dict[str, dict[str, str]] = {}
@@ -71,6 +71,8 @@ def env_overrides(environ: Mapping[str, str],
             near = _nearest(field, SECTIONS[section].__struct_fields__)
             hint = f" (did you mean RS_{section.upper()}_{near.upper()}?)" if near else ""
             raise SettingsError(f"environment variable {name}: there is no setting {section}.{field}{hint}")
+        if section not in TABLES and isinstance(getattr(SECTIONS[section](), field), list):
+            value = [part.strip() for part in value.split(",") if part.strip()]  # a list: comma-separated
         out.setdefault(section, {})[field] = value
         sources[f"{section}.{field}"] = f"environment variable {name}"
     return out
@@ -254,8 +256,28 @@ def _validate_livekit_side(s: Settings) -> None:
     if bool(s.webhooks.api_key) != bool(s.webhooks.api_secret):
         raise SettingsError("webhooks.api_key and webhooks.api_secret are set together (or both left empty: the "
                             "LiveKit key)", "webhooks.api_key" if not s.webhooks.api_key else "webhooks.api_secret")
+    if s.retention.archive_after < 0 or s.retention.interval <= 0 or s.retention.lock_ttl <= 0 \
+            or s.retention.keep_records < 0:
+        raise SettingsError("retention.archive_after and retention.keep_records must not be negative, "
+                            "retention.interval and retention.lock_ttl must be positive", "retention.archive_after"
+                            if s.retention.archive_after < 0 else "retention.interval")
+    for name in s.retention.projections:
+        try:
+            Keys().state("x", name)
+        except InvalidKeyPart:
+            raise SettingsError(f"retention.projections: {name!r} is not a projection name",
+                                "retention.projections") from None
     if s.webhooks.enabled and not s.daemon.http_port:
         raise SettingsError("webhooks.enabled needs the HTTP endpoint (daemon.http_port is 0)", "webhooks.enabled")
+
+
+def archive_of(s: Settings):  # noqa: ANN201 - eventstore.archive.DirectoryArchive | None, imported when used
+    """The archive ``[retention] archive_dir`` names, or None (no archive: rooms stay in Redis)."""
+    if not s.retention.archive_dir:
+        return None
+    from eventstore.archive import DirectoryArchive
+
+    return DirectoryArchive(s.retention.archive_dir)
 
 
 def audio_format(s: Settings) -> AudioFormat:
@@ -316,5 +338,6 @@ def reloadable(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     later += [f"daemon.{name}" for name, value in fixed.items() if getattr(new.daemon, name) != value]
     daemon = msgspec.structs.replace(new.daemon, **fixed)
     merged = Settings(livekit=new.livekit, redis=old.redis, writer=old.writer, daemon=daemon, audio=new.audio,
-                      dispatch=old.dispatch, webhooks=new.webhooks, consumer=new.consumer, pipelines=new.pipelines)
+                      dispatch=old.dispatch, webhooks=new.webhooks, retention=new.retention, consumer=new.consumer,
+                      pipelines=new.pipelines)
     return merged, later

@@ -89,6 +89,18 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rooms: str = "supervised"  # "supervised": rooms desired or with a stream already; "all": every room
 
 
+class RetentionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # where ended rooms are archived (one directory per room, gzip JSON Lines segments); empty: no archive
+    archive_dir: str = ""
+    archive_after: float = 3600.0  # s since a room's last record before an ended room is archived
+    projections: list[str] = msgspec.field(default_factory=lambda: ["participants", "call-state"])
+    interval: float = 60.0  # s between passes of `archive --follow`
+    lock_ttl: float = 60.0  # s a killed archiver's hold on a room lasts (extended while a room is read)
+    # rooms that live on keep this many records in Redis; older ones every projection has folded are archived and
+    # trimmed from the stream (0: never trimmed)
+    keep_records: int = 0
+
+
 class ConsumerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     lease_ms: int = 10_000
     block_ms: int = 1000
@@ -103,6 +115,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     dispatch: DispatchSettings = msgspec.field(default_factory=DispatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     consumer: ConsumerSettings = msgspec.field(default_factory=ConsumerSettings)
     # name -> "module:function": the pipelines `join --pipeline NAME` may name, besides the built-ins and the
     # entry points in the group room_supervisor.pipelines (these names win over entry points)
@@ -127,6 +140,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "audio": AudioSettings,
     "dispatch": DispatchSettings,
     "webhooks": WebhookSettings,
+    "retention": RetentionSettings,
     "consumer": ConsumerSettings,
 }
 # Sections that are a free table of name -> value rather than fixed fields.

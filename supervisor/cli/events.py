@@ -23,7 +23,7 @@ from eventstore.records import Record, tag_of
 
 from ..control import check_room_name
 from ..errors import CommandError
-from ..settings import Settings
+from ..settings import Settings, archive_of
 from .output import emit
 from .roomlog import room_facts
 from .rooms import redis_failed
@@ -106,7 +106,7 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"--since must be a sequence number (0 or more), got {args.since}", 2)
     redis = connect(settings.redis.url)
     keys = Keys(settings.redis.prefix)
-    reader = RoomReader(redis, keys)
+    reader = RoomReader(redis, keys, archive=archive_of(settings))  # archived records first
     show = record_json if args.json else record_line
     try:
         (await room_facts(redis, keys, room)).require_known()
@@ -130,6 +130,7 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     runner = ProjectionRunner(
         redis, projection, keys=Keys(settings.redis.prefix), instance=args.instance,
         chunk=settings.consumer.chunk, lease_ms=settings.consumer.lease_ms, block_ms=settings.consumer.block_ms,
+        archive=archive_of(settings),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

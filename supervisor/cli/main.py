@@ -63,6 +63,10 @@ def _command(name: str) -> Command:
         from .call import cmd_call
 
         return cmd_call
+    if name == "archive":
+        from .archive import cmd_archive
+
+        return cmd_archive
     if name in ("join", "leave", "rooms"):
         from . import rooms
 

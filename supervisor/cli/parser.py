@@ -94,6 +94,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "room-supervisor state support-42\nroom-supervisor state support-42 --projection call-state --check\n"
         "room-supervisor consume participants --until-caught-up && room-supervisor state support-42",
     ),
+    "archive": (
+        "move ended rooms from Redis to the archive ([retention] archive_dir)",
+        "Archive every room that nobody wants any more: not desired, no daemon holding it, its last record older\n"
+        "than retention.archive_after, and every projection in retention.projections caught up with it. Its records\n"
+        "are written to retention.archive_dir (one directory per room: gzip JSON Lines segments and a manifest\n"
+        "each), read back and checked, and only then removed from Redis (a tombstone keeps its last seq, so a room\n"
+        "joined again continues after it). events, state --replay/--check and the consumers read archived rooms\n"
+        "transparently when they are given the same archive_dir. Safe to run as several instances at once and to\n"
+        "kill at any point: a later run finishes or redoes the step. --follow runs a pass every\n"
+        "retention.interval seconds until SIGTERM or Ctrl-C. Exit 2 when no archive_dir is set.",
+        "room-supervisor archive\nroom-supervisor archive --follow\n"
+        "zcat /var/lib/room-supervisor/archive/support-42/seg-*.jsonl.gz | jq -c .rec",
+    ),
     "call": (
         "join ROOM as a test caller, say TEXT, leave",
         "Join ROOM on LiveKit as a participant (identity rs-caller-XXXXXX, with no right to publish media; the\n"
@@ -202,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--replay", action="store_true", help="rebuild from the events instead")
     group.add_argument("--check", action="store_true",
                        help="compare materialized with a replay up to the same seq; exit 3 if different")
+
+    p = _command(sub, "archive")
+    p.add_argument("--follow", action="store_true", help="a pass every retention.interval seconds until stopped")
+    p.add_argument("--json", action="store_true", help="one JSON object per pass")
 
     p = _command(sub, "call")
     p.add_argument("room", help="the LiveKit room name")

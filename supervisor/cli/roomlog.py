@@ -130,20 +130,21 @@ async def room_facts(redis: aioredis.Redis, keys: Keys, room: str,
     pipe.hmget(keys.meta(room), "seq", "last")
     pipe.xrevrange(keys.events(room), count=1)
     pipe.hexists(keys.desired(), room.encode("utf-8"))
+    pipe.get(keys.archived(room))
     for _, projection in projections:
         pipe.hmget(keys.state(room, projection.name), "state", "seq", "id")
         pipe.zcount(keys.consumers(projection.name), live_since, "+inf")
     replies = await pipe.execute()
-    (meta_seq, meta_last), last, desired = replies[:3]
+    (meta_seq, meta_last), last, desired, archived = replies[:4]
     if meta_seq is not None:
         end = StreamEnd(_int(meta_seq), (meta_last or b"").decode())
     elif last:
         end = StreamEnd(_int(last[0][1].get(b"seq")), last[0][0].decode())
-    else:
-        end = StreamEnd(0, "")
+    else:  # an archived room (its records are in the archive) or none
+        end = StreamEnd(_int(archived), "")
     standings = []
     for i, (name, projection) in enumerate(projections):
-        (raw, seq, done), consumers = replies[3 + 2 * i], replies[4 + 2 * i]
+        (raw, seq, done), consumers = replies[4 + 2 * i], replies[5 + 2 * i]
         standings.append(Standing(room, name, projection, raw, _int(seq), (done or b"").decode(), end,
                                   int(consumers)))
     return RoomFacts(room, bool(desired), end, standings)

@@ -23,7 +23,7 @@ from eventstore.keys import Keys
 from eventstore.projections import PROJECTIONS, Projection
 
 from ..control import check_room_name
-from ..settings import Settings, redact_url
+from ..settings import Settings, archive_of, redact_url
 from .events import load_projection, state_json
 from .output import emit
 from .parser import EXIT_BEHIND, EXIT_DIFFERENT, EXIT_OK
@@ -88,7 +88,7 @@ async def _check(redis: Any, keys: Keys, s: Standing, args: argparse.Namespace) 
     if not s.materialized and not s.caught_up:
         emit(f"{s.name}: {not_materialized_text(s, args)}")
         return True, False
-    rebuilt = await replay(redis, s.room, s.projection, keys=keys, until=s.seq)
+    rebuilt = await replay(redis, s.room, s.projection, keys=keys, until=s.seq, archive=args.archive)
     same = msgspec.json.encode(rebuilt) == msgspec.json.encode(s.state())
     lag = "" if s.caught_up and not s.ahead else f"; {standing_text(s, args)}"
     emit(f"{s.name}: {'same' if same else 'DIFFERENT'} at seq {s.seq}{lag}")
@@ -100,11 +100,15 @@ async def _run(redis: Any, keys: Keys, facts: RoomFacts, args: argparse.Namespac
     for s in facts.standings:
         if args.replay:
             emit(f"# {s.name} (replayed from the stream, up to seq {facts.stream.seq})")
-            emit(state_json(await replay(redis, facts.room, s.projection, keys=keys)))
+            emit(state_json(await replay(redis, facts.room, s.projection, keys=keys, archive=args.archive)))
         elif args.check:
             same, fine = await _check(redis, keys, s, args)
             different |= not same
             stuck |= not fine
+        elif args.archive is not None and not s.materialized and facts.stream.seq and not facts.stream.last_id:
+            # archived: its materialized state went with it; the archive has every record
+            emit(f"# {s.name} (archived; replayed from the archive, up to seq {facts.stream.seq})")
+            emit(state_json(await replay(redis, facts.room, s.projection, keys=keys, archive=args.archive)))
         else:
             stuck |= not _show(s, args)
     return EXIT_DIFFERENT if different else EXIT_BEHIND if stuck else EXIT_OK
@@ -115,6 +119,7 @@ async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
     projections = _projections(args)
     redis = connect(settings.redis.url)
     keys = Keys(settings.redis.prefix)
+    args.archive = archive_of(settings)  # archived rooms replay from the archive first
     try:
         facts = await room_facts(redis, keys, room, projections, lease_ms=settings.consumer.lease_ms)
         return await _run(redis, keys, facts.require_known(), args)
