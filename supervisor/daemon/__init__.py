@@ -26,7 +26,8 @@ Signal handlers only set state; all work happens in tasks.
 
 Where things are:
 
-- ``lifecycle``: :class:`Daemon`: start, ready, signals (they only set events), drain, ``aclose``;
+- ``lifecycle``: :class:`Daemon`: start, ready, signals (they only set events), drain, ``aclose``; ``reports``:
+  its status line, heartbeat and watchdog pings;
 - ``shutdown``: the bounds of a drain and a forced exit, and waiting for sessions within them;
 - ``reconcile``: desired state -> claims and room sessions; ``leases`` (Redis scripts) and ``lease_keeper``
   (renewals, outages);
