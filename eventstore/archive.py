@@ -77,6 +77,7 @@ from .archive_format import (  # noqa: F401 - the format's public names are re-e
     _TEMP_NAME,
     _check_contiguous,
     decode_manifest,
+    decode_segment,
     encode_manifest,
     encode_segment,
     manifest_name,
@@ -224,14 +225,14 @@ class DirectoryArchive(ArchiveStore):
         for manifest in manifests:
             if manifest.last_seq <= since:
                 continue
-            reader = self._open_segment(room, manifest, since, False)
+            path = self.room_dir(room) / segment_name(manifest.first_seq, manifest.last_seq)
             try:
-                done = False
-                while not done:
-                    chunk, done = reader.read_chunk(self.chunk_lines)
-                    out += chunk
-            finally:
-                reader.close()
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise ArchiveCorrupt(f"{path} is missing (its manifest exists)") from None
+            except OSError as exc:
+                raise ArchiveError(f"cannot read {path}: {exc}") from exc
+            out += decode_segment(data, manifest, where=str(path), since=since)
         return out
 
     async def verify_segment(self, room: str, manifest: SegmentManifest) -> None:

@@ -34,7 +34,37 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] a feed partition; ARGV[1] group, ARGV[2] consumer. Remove the consumer from the group if nothing is pending
+# for it (atomically: a consumer with pending entries stays, for XAUTOCLAIM). 1: removed, 0: kept or absent.
+_DROP_CONSUMER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if not ok or #pending > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+IDLE_CONSUMER_MS = 600_000  # a group member idle this long with nothing pending is removed (drop_idle_consumers)
+
 FeedEntry = tuple[int, bytes, dict[bytes, bytes]]  # (partition, entry id, fields)
+
+
+async def drop_idle_consumers(redis: aioredis.Redis, key: str, group: str, min_idle_ms: int = IDLE_CONSUMER_MS) -> int:
+    """Remove the members of ``group`` on feed partition ``key`` that have nothing pending and have been idle for
+    ``min_idle_ms``: each consumer instance joins under a name of its own, so without this every restart (or a
+    killed instance) would leave a member in every group forever. A removed member that reads again is simply
+    created again by XREADGROUP. Returns how many were removed."""
+    drop = redis.register_script(_DROP_CONSUMER)
+    removed = 0
+    try:
+        members = await redis.xinfo_consumers(key, group)
+    except ResponseError:  # the stream or the group is gone
+        return 0
+    for member in members:
+        if int(member.get("pending") or 0) == 0 and int(member.get("idle") or 0) >= min_idle_ms:
+            name = member["name"]
+            removed += int(await drop(keys=[key], args=[group, name]))
+    return removed
 
 
 class FeedGroup:
@@ -49,6 +79,7 @@ class FeedGroup:
         self.owned: set[int] = set()
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._drop = redis.register_script(_DROP_CONSUMER)
         self._groups_ready: set[int] = set()
 
     async def _ensure_group(self, partition: int) -> None:
@@ -117,6 +148,8 @@ class FeedGroup:
     async def release(self, partition: int) -> None:
         await self._release(keys=[self.keys.partition_lock(self.group, partition)], args=[self.instance])
         self.owned.discard(partition)
+        # leave the group's member list too, unless the next owner has entries of ours to reclaim
+        await self._drop(keys=[self.keys.feed(partition)], args=[self.group, self.instance])
 
     async def release_all(self) -> None:
         for p in list(self.owned):

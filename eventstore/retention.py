@@ -15,8 +15,10 @@ Archiving one room (:meth:`Archiver.archive_room`), each step safe to crash afte
    manifest last: a segment counts once its manifest exists), then read the segment back and verify it;
 3. in one script on the room's slot, only if the room's seq is still the segment's last seq (nothing new was
    written) and no lease is held: delete the stream, meta, lease, once hash and projection states, and leave a
-   tombstone (``rs:room:{R}:archived``: the last seq, ~60 bytes) so that a room written again continues at seq + 1
-   (the append script reads it when the room has no meta, and removes it);
+   tombstone (``rs:room:{R}:archived``: the last seq, ~70 bytes) so that a room written again continues at seq + 1
+   (the append script reads it when the room has no meta, and removes it). The tombstone expires after
+   ``tombstone_ttl`` (a day by default; 0: never), so that Redis does not keep a trace of every call ever made;
+   a room written again after that gets it back from the archive first (:class:`SequenceRestorer`);
 4. take the room out of the room index (``rs:rooms``; another slot, so a separate command: a crash before it leaves
    an entry the next pass removes).
 
@@ -46,6 +48,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .archive import ArchiveStore
+from .groups import drop_idle_consumers
 from .keys import Keys
 
 log = logging.getLogger("eventstore")
@@ -59,7 +62,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 # KEYS[1] events, [2] meta, [3] lease, [4] once, [5] archiving lock, [6] tombstone, [7..] projection states
-# ARGV[1] the archived last seq, ARGV[2] the lock's token
+# ARGV[1] the archived last seq, ARGV[2] the lock's token, ARGV[3] ms the tombstone lives (0: until written again)
 _REMOVE = """
 if redis.call('GET', KEYS[5]) ~= ARGV[2] then return {'UNLOCKED', 0} end
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
@@ -69,8 +72,19 @@ local t = redis.call('TIME')
 if expires > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) then return {'HELD', expires} end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
-redis.call('SET', KEYS[6], ARGV[1])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[3])
+else redis.call('SET', KEYS[6], ARGV[1]) end
 return {'OK', seq}
+"""
+
+# KEYS[1] meta, [2] tombstone; ARGV[1] the archive's last seq, ARGV[2] ms the tombstone lives (0: until written).
+# Only for a room with no meta (nothing of it in Redis) whose tombstone, if any, says less.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[1]) then return 0 end
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+else redis.call('SET', KEYS[2], ARGV[1]) end
+return 1
 """
 
 
@@ -106,7 +120,7 @@ class _Standing:
 class Archiver:
     def __init__(self, redis: aioredis.Redis, archive: ArchiveStore, *, keys: Keys | None = None,
                  projections: Sequence[str] = ("participants", "call-state"), archive_after: float = 3600.0,
-                 lock_ttl: float = 60.0, keep_records: int = 0) -> None:
+                 lock_ttl: float = 60.0, keep_records: int = 0, tombstone_ttl: float = 86400.0) -> None:
         self._redis = redis
         self.archive = archive
         self.keys = keys or Keys()
@@ -115,6 +129,7 @@ class Archiver:
         self.instance = uuid.uuid4().hex[:12]
         self.lock_ms = max(1, int(lock_ttl * 1000))
         self.keep_records = keep_records  # 0: rooms that live on are never trimmed
+        self.tombstone_ms = max(0, int(tombstone_ttl * 1000))  # 0: a tombstone stays until the room is written
         self._remove = redis.register_script(_REMOVE)
         self._extend = redis.register_script(_EXTEND)
 
@@ -146,6 +161,8 @@ class Archiver:
                 continue
             if not groups:
                 continue  # nobody reads it: MAXLEN alone bounds it
+            for g in groups:  # members left by consumer instances that were killed (a clean exit leaves)
+                await drop_idle_consumers(self._redis, key, g["name"])
             floor = min(_id(g["last-delivered-id"]) for g in groups)
             for g in groups:
                 if int(g.get("pending") or 0):
@@ -257,7 +274,7 @@ class Archiver:
         k = self.keys
         keys = [k.events(room), k.meta(room), k.lease(room), k.once(room), k.archiving(room), k.archived(room),
                 *(k.state(room, name) for name in self.projections)]
-        reply = await self._remove(keys=keys, args=[seq, token])
+        reply = await self._remove(keys=keys, args=[seq, token, self.tombstone_ms])
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if status != "OK":
             log.info("archiver %s: room=%r: archived up to seq %d but left in Redis: %s", self.instance, room, seq,
@@ -319,3 +336,35 @@ class Archiver:
         except (OSError, asyncio.TimeoutError):
             pass  # expires by itself
 
+
+
+class SequenceRestorer:
+    """Before a room is written again: if nothing of it is in Redis and its tombstone has expired
+    (``tombstone_ttl``) but the archive holds it, put the archive's last seq back as its tombstone, so that the
+    room continues at seq + 1 instead of starting again at 1 (which the archiver would find and refuse:
+    :class:`SeqReused`). Writers that may revive archived rooms (the daemon's sessions, its webhook sink) call
+    :meth:`restore` before their first record; a room with meta or a tombstone costs one round trip, a room new
+    to Redis also one look into the archive (in a worker thread)."""
+
+    def __init__(self, redis: aioredis.Redis, archive: ArchiveStore, *, keys: Keys | None = None,
+                 tombstone_ttl: float = 86400.0) -> None:
+        self._redis = redis
+        self.archive = archive
+        self.keys = keys or Keys()
+        self.tombstone_ms = max(0, int(tombstone_ttl * 1000))
+        self._restore = redis.register_script(_RESTORE)
+
+    async def restore(self, room: str) -> int:
+        """The archived last seq put back as ``room``'s tombstone; 0 when nothing had to be done."""
+        meta, tomb = self.keys.meta(room), self.keys.archived(room)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(meta)
+        pipe.exists(tomb)
+        if any(await pipe.execute()):
+            return 0
+        last = await self.archive.last_seq(room)
+        if last and await self._restore(keys=[meta, tomb], args=[last, self.tombstone_ms]):
+            log.info("room=%s: archived up to seq %d; its tombstone is back, so it continues at %d", room, last,
+                     last + 1)
+            return last
+        return 0

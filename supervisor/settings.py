@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 import sys
@@ -256,11 +257,13 @@ def _validate_livekit_side(s: Settings) -> None:
     if bool(s.webhooks.api_key) != bool(s.webhooks.api_secret):
         raise SettingsError("webhooks.api_key and webhooks.api_secret are set together (or both left empty: the "
                             "LiveKit key)", "webhooks.api_key" if not s.webhooks.api_key else "webhooks.api_secret")
-    if s.retention.archive_after < 0 or s.retention.interval <= 0 or s.retention.lock_ttl <= 0 \
-            or s.retention.keep_records < 0:
-        raise SettingsError("retention.archive_after and retention.keep_records must not be negative, "
-                            "retention.interval and retention.lock_ttl must be positive", "retention.archive_after"
-                            if s.retention.archive_after < 0 else "retention.interval")
+    r = s.retention
+    for field, value, least in (("archive_after", r.archive_after, 0), ("keep_records", r.keep_records, 0),
+                                ("tombstone_ttl", r.tombstone_ttl, 0), ("interval", r.interval, None),
+                                ("lock_ttl", r.lock_ttl, None)):
+        if not math.isfinite(value) or (value < 0 if least == 0 else value <= 0):
+            raise SettingsError(f"retention.{field} must be {'at least 0' if least == 0 else 'positive'} and "
+                                f"finite, got {value!r}", f"retention.{field}")
     for name in s.retention.projections:
         try:
             Keys().state("x", name)

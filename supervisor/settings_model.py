@@ -99,6 +99,9 @@ class RetentionSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     # rooms that live on keep this many records in Redis; older ones every projection has folded are archived and
     # trimmed from the stream (0: never trimmed)
     keep_records: int = 0
+    # s an archived room's tombstone (its last seq) stays in Redis; a room written again after that takes its last
+    # seq from the archive (the daemon must be able to read archive_dir). 0: tombstones stay until written again
+    tombstone_ttl: float = 86400.0
 
 
 class ConsumerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

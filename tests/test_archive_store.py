@@ -110,6 +110,8 @@ async def test_entries_come_back_exactly_as_the_stream_had_them(tmp_path):
     manifest = await archive.put_segment(ROOM, entries)
 
     assert await read_all(archive) == as_read(entries)
+    assert await archive.read_room(ROOM) == as_read(entries)
+    assert await archive.read_room(ROOM, since=4) == as_read(entries)[4:]
     for (_, original), (_, back) in zip(entries, await read_all(archive)):
         assert decode_entry(back) == decode_entry(original)
     data = seg_path(archive, manifest).read_bytes()
@@ -169,6 +171,7 @@ async def test_segments_read_back_across_their_boundaries_from_any_seq(tmp_path)
     for since in range(-1, 23):
         got = await read_all(archive, since=since)
         assert got == as_read([entries[s] for s in range(max(since, 0) + 1, 21)]), since
+        assert await archive.read_room(ROOM, since=since) == got, since
 
 
 async def test_a_reader_that_stops_early_leaves_nothing_behind(tmp_path):
@@ -311,6 +314,8 @@ async def test_a_damaged_segment_file_is_detected(tmp_path, damage):
         await archive.verify_segment(ROOM, manifest)
     with pytest.raises(ArchiveCorrupt):
         await read_all(archive)
+    with pytest.raises(ArchiveCorrupt):  # the whole-file path replay_many takes
+        await archive.read_room(ROOM)
 
 
 @pytest.mark.parametrize("change", ["drop_line", "extra_line", "swap_lines", "wrong_type", "bad_base64",
@@ -341,9 +346,11 @@ async def test_a_segment_whose_lines_disagree_with_its_manifest_fails_verify(tmp
 
     with pytest.raises(ArchiveCorrupt):
         await archive.verify_segment(ROOM, fixed)
-    if change != "wrong_type":  # entries() hands fields on as they are: consumers decode records
+    if change != "wrong_type":  # entries() and read_room() hand fields on as they are: consumers decode records
         with pytest.raises(ArchiveCorrupt):
             await read_all(archive)
+        with pytest.raises(ArchiveCorrupt):
+            await archive.read_room(ROOM)
 
 
 async def test_verify_compares_the_stored_manifest_and_finds_a_missing_file(tmp_path):

@@ -21,7 +21,7 @@ from consumer_support import (
 )
 from eventstore.consumer import ProjectionRunner, ProjectionStore, replay, replay_many
 from eventstore.feed import load_partitions
-from eventstore.groups import FeedGroup
+from eventstore.groups import FeedGroup, drop_idle_consumers
 from eventstore.keys import Keys, partition_of
 from eventstore.projections.callstate import CALL_STATE
 from eventstore.projections.participants import PARTICIPANTS
@@ -427,6 +427,50 @@ async def test_entries_read_by_a_dead_instance_are_reclaimed_by_the_new_owner(re
         await assert_materialized_equals_replay(redis, rooms, (PARTICIPANTS,))
     finally:
         await redis.aclose()
+
+
+async def test_members_leave_the_groups_with_their_instance_and_idle_ones_are_removed(redis_url):
+    """Each instance joins the groups under a name of its own: one that ends leaves them, and the members killed
+    instances leave behind are removed once idle (by the archiver's pass), unless entries are pending for them."""
+    redis = client(redis_url)
+    try:
+        rooms = random_rooms(11, rooms=10, per_room=5)
+        await write(redis, interleave(rooms, 11))
+        for n in range(3):
+            await ProjectionRunner(redis, PARTICIPANTS, instance=f"run{n}", **FAST).run(until_caught_up=True)
+        total = await load_partitions(redis, KEYS)
+        assert await group_members(redis, PARTICIPANTS.name, total) == {}
+        await write(redis, [r for records in random_rooms(12, rooms=5, per_room=3, prefix="more").values()
+                            for r in records])
+        dead = FeedGroup(redis, KEYS, PARTICIPANTS.name, "dead", total, lease_ms=FAST["lease_ms"])
+        await dead.rebalance()
+        read = await dead.read(count=10_000, block_ms=None)  # ... and it dies: no ack, no release
+        holding = {p for p, _, _ in read}
+        assert holding
+        for p in range(total):
+            await redis.xgroup_createconsumer(KEYS.feed(p), PARTICIPANTS.name, "idle")
+        members = await group_members(redis, PARTICIPANTS.name, total)
+        assert all(members[p] >= {"idle"} for p in range(total)) and all("dead" in members[p] for p in holding)
+        dead_members = sum("dead" in m for m in members.values())
+        for p in range(total):
+            assert await drop_idle_consumers(redis, KEYS.feed(p), PARTICIPANTS.name, min_idle_ms=60_000) == 0
+        removed = sum([await drop_idle_consumers(redis, KEYS.feed(p), PARTICIPANTS.name, min_idle_ms=0)
+                       for p in range(total)])
+        assert removed == total + dead_members - len(holding)
+        assert await group_members(redis, PARTICIPANTS.name, total) == {p: {"dead"} for p in holding}
+        assert await drop_idle_consumers(redis, "rs:feed:none", PARTICIPANTS.name, min_idle_ms=0) == 0
+    finally:
+        await redis.aclose()
+
+
+async def group_members(redis, group: str, partitions: int) -> dict[int, set[str]]:
+    out = {}
+    for p in range(partitions):
+        if await redis.exists(KEYS.feed(p)):
+            names = {m["name"].decode() for m in await redis.xinfo_consumers(KEYS.feed(p), group)}
+            if names:
+                out[p] = names
+    return out
 
 
 async def _all_heir(redis) -> bool:

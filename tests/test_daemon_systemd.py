@@ -76,7 +76,8 @@ def test_stop_timeout_is_above_the_drain_bound(name):
     unit = (UNITS / name).read_text()
     stop = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE).group(1))
     assert stop > DaemonSettings().drain_timeout + 5
-    for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30", "StateDirectory=room-supervisor room-supervisor/spool"):
+    for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30",
+                 "StateDirectory=room-supervisor room-supervisor/spool room-supervisor-archive"):
         assert line in unit.splitlines()
 
 
@@ -173,7 +174,7 @@ def test_plain_unit_differs_from_every_instance(root):
     props, env = resolved(root, "room-supervisor.service")
     assert not set(PER_INSTANCE) & set(env)
     assert props["User"] == ["room-supervisor"]
-    assert props["StateDirectory"] == ["room-supervisor", "room-supervisor/spool"]
+    assert props["StateDirectory"] == ["room-supervisor", "room-supervisor/spool", "room-supervisor-archive"]
 
 
 def test_instance_name_must_be_a_port(root):

@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import uuid
 
 import msgspec
 import pytest
@@ -21,7 +22,7 @@ from eventstore.keys import Keys
 from eventstore.reader import RoomReader
 from eventstore.records import SessionEnded, SessionStarted
 from eventstore.replay import replay, replay_many
-from eventstore.retention import Archiver
+from eventstore.retention import Archiver, SequenceRestorer
 from harness.util import async_wait_until
 from eventstore.projections.callstate import CallStateMachine
 from eventstore.projections.participants import ParticipantTracker
@@ -234,6 +235,54 @@ async def test_a_lost_tombstone_never_costs_records(redis_url, clients, tmp_path
     assert await redis.xlen(Keys().events(room)) == 2  # still there
 
 
+async def test_tombstones_expire_and_a_room_back_after_that_continues_from_the_archive(redis_url, clients, tmp_path):
+    """Tombstones live ``tombstone_ttl`` (Redis keeps no trace of every call ever made); a room written again after
+    that gets its last seq back from the archive (SequenceRestorer, which the daemon calls before a session's first
+    record and before a webhook's) and continues at seq + 1."""
+    redis = clients(redis_url)
+    rooms = ended(random_rooms(23, rooms=3, per_room=12, prefix="ttl"))
+    await write(redis, [r for records in rooms.values() for r in records])
+    await folded(redis, rooms)
+    archive = DirectoryArchive(tmp_path / "archive")
+    keys = Keys()
+    assert sorted((await Archiver(redis, archive, archive_after=0, tombstone_ttl=0.5).run_pass()).archived) \
+        == sorted(rooms)
+    for room in rooms:
+        assert 0 < await redis.pttl(keys.archived(room)) <= 500
+    await async_wait_until(lambda: _none_exist(redis, [keys.archived(r) for r in rooms]), timeout=30,
+                           what="the tombstones expired")
+    restorer = SequenceRestorer(redis, archive, tombstone_ttl=60)
+    one, two, three = sorted(rooms)
+    n = {room: len(records) for room, records in rooms.items()}
+    assert await restorer.restore(one) == n[one]
+    assert 0 < await redis.pttl(keys.archived(one)) <= 60_000
+    assert await restorer.restore(one) == 0  # the tombstone is there: nothing to do
+    assert await restorer.restore("never-archived") == 0
+    assert not await redis.exists(keys.archived("never-archived"))
+    again = [SessionStarted(room=one, session="later", ts=2e9, cause="join"),
+             SessionEnded(room=one, session="later", ts=2e9 + 1, reason="left")]
+    await write(redis, again)
+    reader = RoomReader(redis, archive=archive)
+    assert [r.seq for r in await reader.read(one)] == list(range(1, n[one] + 3))
+    assert await restorer.restore(one) == 0  # meta exists: nothing to do
+    # a tombstone that says more than the archive (written after it) is left as it is
+    await redis.set(keys.archived(two), n[two] + 5)
+    assert await restorer.restore(two) == 0 and int(await redis.get(keys.archived(two))) == n[two] + 5
+    # tombstone_ttl = 0: kept until the room is written again
+    await write(redis, [SessionStarted(room=three, session="b", ts=2e9, cause="join"),
+                        SessionEnded(room=three, session="b", ts=2e9 + 1, reason="left")])
+    await folded(redis, [one, three])
+    forever = Archiver(redis, archive, archive_after=0, tombstone_ttl=0)
+    archived = (await forever.run_pass()).archived
+    assert one in archived and await redis.pttl(keys.archived(one)) == -1
+    # three was written without its tombstone: its seqs started again at 1; the archiver refuses it
+    assert three not in archived and await redis.xlen(keys.events(three)) == 2
+
+
+async def _none_exist(redis, names: list[str]) -> bool:
+    return not await redis.exists(*names)
+
+
 async def test_a_long_lived_room_is_trimmed_behind_its_consumers_and_reads_whole(redis_url, clients, tmp_path):
     """A room still desired keeps its last ``keep_records`` records in Redis; the older ones every projection has
     folded go to the archive first, then out of the stream; readers and consumers given the archive see it all."""
@@ -291,3 +340,44 @@ async def test_state_of_an_archived_room_is_replayed_from_the_archive(redis_url,
     head, _, body = archived.stdout.partition("\n")
     assert head == f"# participants (archived; replayed from the archive, up to seq {len(records)})"
     assert body == live.stdout.partition("\n")[2]  # the same state the consumer held
+
+
+@pytest.mark.livekit
+async def test_the_daemon_joins_a_room_archived_long_ago_and_it_continues(tmp_path, redis_url, clients,
+                                                                          livekit_server):
+    """A real daemon and a real LiveKit: a room's call ends, the room is archived and its tombstone expires; joined
+    again, the daemon takes the last seq back from the archive before the session's first record, so the new
+    session continues at seq + 1 and the room reads gapless over archive and Redis."""
+    from daemonproc import DaemonProcess, observing, run_cli, start_in_rooms
+
+    redis = clients(redis_url)
+    room = f"back {uuid.uuid4().hex[:6]}"
+    archive = DirectoryArchive(tmp_path / "archive")
+    daemon = DaemonProcess(tmp_path, redis_url, livekit_server.url,
+                           env={"RS_RETENTION_ARCHIVE_DIR": str(tmp_path / "archive")})
+    async with observing(daemon) as observer:
+        await start_in_rooms(daemon, observer, [room])
+        assert run_cli("leave", room, config=daemon.config).returncode == 0
+
+        async def ended_and_released() -> bool:
+            types = await observer.types(room)
+            return types[-1] == "session_ended" and not await redis.hget(Keys().lease(room), "owner")
+
+        await async_wait_until(ended_and_released, 60, "the session to end and its lease to go")
+        n = len(await observer.records(room))
+        await folded(redis, [room])
+        archiver = Archiver(redis, archive, archive_after=0, tombstone_ttl=0.2)
+        assert (await archiver.run_pass()).archived == [room]
+        await async_wait_until(lambda: _none_exist(redis, [Keys().archived(room)]), 30, "the tombstone expired")
+        assert run_cli("join", room, config=daemon.config).returncode == 0
+        await async_wait_until(lambda: _connected_again(redis, room), 120, "the bot back in the room")
+        records = await RoomReader(redis, archive=archive).read(room)
+        assert [r.seq for r in records] == list(range(1, len(records) + 1))
+        restarted = [r for r in records if isinstance(r, SessionStarted)]
+        assert len(restarted) == 2 and restarted[1].seq == n + 1
+        assert run_cli("leave", room, config=daemon.config).returncode == 0
+
+
+async def _connected_again(redis, room: str) -> bool:
+    types = [type(r).__struct_config__.tag for r in await RoomReader(redis).read(room)]
+    return types[:1] == ["session_started"] and "connected" in types

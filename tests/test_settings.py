@@ -87,6 +87,14 @@ def test_garbage_in_the_file_is_named(tmp_path, text, says):
         ({"RS_WEBHOOKS_ROOMS": "some"}, 'webhooks.rooms must be "supervised" or "all"'),
         ({"RS_WEBHOOKS_API_KEY": "key-without-secret"}, "webhooks.api_key and webhooks.api_secret are set together"),
         ({"RS_WEBHOOKS_ENABLED": "true", "RS_DAEMON_HTTP_PORT": "0"}, "webhooks.enabled needs the HTTP endpoint"),
+        ({"RS_RETENTION_TOMBSTONE_TTL": "-1"}, "retention.tombstone_ttl must be at least 0"),
+        ({"RS_RETENTION_TOMBSTONE_TTL": "nan"}, "retention.tombstone_ttl must be at least 0 and finite"),
+        ({"RS_RETENTION_TOMBSTONE_TTL": "a day"}, "tombstone_ttl"),
+        ({"RS_RETENTION_ARCHIVE_AFTER": "inf"}, "retention.archive_after must be at least 0 and finite"),
+        ({"RS_RETENTION_KEEP_RECORDS": "-5"}, "retention.keep_records must be at least 0"),
+        ({"RS_RETENTION_INTERVAL": "0"}, "retention.interval must be positive"),
+        ({"RS_RETENTION_LOCK_TTL": "-1"}, "retention.lock_ttl must be positive"),
+        ({"RS_RETENTION_PROJECTIONS": "participants,no such"}, "retention.projections"),
     ],
 )
 def test_garbage_in_the_environment_is_named(env, says):

@@ -22,13 +22,16 @@ from livekit import api as lkapi
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
+from eventstore.archive import DirectoryArchive
 from eventstore.connection import connect
 from eventstore.keys import Keys
 from eventstore.reader import RoomReader
+from eventstore.retention import Archiver
 from eventstore.records import LkParticipantJoined, LkParticipantLeft, ServerRecord
 from harness.livekit_server import API_KEY, API_SECRET
 from harness.util import async_wait_until
 from supervisor.control import Control
+from supervisor.daemon.archived import ArchivedSeqs
 from supervisor.daemon.health import Health
 from supervisor.daemon.http import HttpEndpoint
 from supervisor.daemon.metrics import DaemonMetrics
@@ -61,13 +64,16 @@ def sign(body: bytes, key: str = API_KEY, secret: str = API_SECRET) -> str:
 class Endpoint:
     """The daemon's HTTP endpoint and webhook sink, in this process, on 127.0.0.1."""
 
-    def __init__(self, redis_url: str, **webhooks) -> None:
+    def __init__(self, redis_url: str, retention: dict | None = None, **webhooks) -> None:
         self.settings = load_settings(environ={"REDIS_URL": redis_url, "LIVEKIT_API_KEY": API_KEY,
                                                "LIVEKIT_API_SECRET": API_SECRET},
-                                      overrides={"webhooks": {"enabled": True, **webhooks}})
+                                      overrides={"webhooks": {"enabled": True, **webhooks},
+                                                 "retention": retention or {}})
         self.redis = connect(redis_url)
         self.metrics = DaemonMetrics()
-        self.sink = WebhookSink(self.redis, Keys(), lambda: self.settings, "test-daemon", self.metrics)
+        archived = ArchivedSeqs(self.redis, Keys(), lambda: self.settings, "test-daemon")
+        self.sink = WebhookSink(self.redis, Keys(), lambda: self.settings, "test-daemon", self.metrics,
+                                archived.restore)
         self.http = HttpEndpoint("127.0.0.1", 0, self._health, self.metrics.render, self.sink.routes)
 
     @staticmethod
@@ -200,6 +206,27 @@ async def test_redis_down_answers_503_and_the_retry_is_recorded(fresh_redis):
 
 async def _status_is(ep: Endpoint, ev: WebhookEvent, status: int) -> bool:
     return (await ep.send(ev))[0] == status
+
+
+async def test_a_room_back_after_its_tombstone_expired_continues_its_seqs(redis_url, tmp_path):
+    """A room archived so long ago that its tombstone expired: its next webhook takes the archive's last seq back
+    first (the daemon does the same before a session), so that it continues at seq + 1."""
+    room = f"back-{uuid.uuid4().hex[:8]}"
+    archive = DirectoryArchive(tmp_path / "archive")
+    async with Endpoint(redis_url, retention={"archive_dir": str(tmp_path / "archive")}, rooms="all") as ep:
+        for kind in ("participant_joined", "participant_left"):
+            assert (await ep.send(event(room, kind)))[0] == 200
+        archiver = Archiver(ep.redis, archive, projections=(), archive_after=0, tombstone_ttl=0.2)
+        assert (await archiver.run_pass()).archived == [room]
+        await async_wait_until(lambda: _gone(ep.redis, Keys().archived(room)), 30, "the tombstone expired")
+        assert (await ep.send(event(room, "participant_joined", identity="later", sid="PA_later")))[0] == 200
+        records = await RoomReader(ep.redis, Keys(), archive=archive).read(room)
+        assert [r.seq for r in records] == [1, 2, 3]
+        assert records[-1].participant_id == "later"
+
+
+async def _gone(redis, key: str) -> bool:
+    return not await redis.exists(key)
 
 
 @pytest.mark.livekit

@@ -40,7 +40,8 @@ async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
     redis = connect(settings.redis.url)
     archiver = Archiver(redis, archive, keys=Keys(settings.redis.prefix),
                         projections=settings.retention.projections, archive_after=settings.retention.archive_after,
-                        lock_ttl=settings.retention.lock_ttl, keep_records=settings.retention.keep_records)
+                        lock_ttl=settings.retention.lock_ttl, keep_records=settings.retention.keep_records,
+                        tombstone_ttl=settings.retention.tombstone_ttl)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if args.follow:

@@ -28,6 +28,7 @@ from ..control import Control
 from ..errors import REDIS_TROUBLE, CommandError
 from ..heartbeat import delete_heartbeat, read_heartbeat, twin
 from ..settings import Settings, SettingsError, quiet_routine_noise, reloadable, set_level
+from .archived import ArchivedSeqs
 from .bots import PresenceCheck
 from .health import Probes, check_pipelines
 from .http import HttpEndpoint
@@ -88,6 +89,7 @@ class Daemon(DaemonReports):
         self.redis = connect(settings.redis.url, client_name="room-supervisor:" + re.sub(r"[^\w.:/-]", "_", self.id))
         self.control = Control(self.redis, self.keys)
         self.leases = Leases(self.redis, self.keys, f"{self.id}/{self.instance}", settings.daemon.lease_ttl)
+        self.archived = ArchivedSeqs(self.redis, self.keys, lambda: self.settings, self.id)
         self.writer: EventWriter | None = None
         self.http: HttpEndpoint | None = None
         self.livekit: lkapi.LiveKitAPI | None = None
@@ -175,7 +177,8 @@ class Daemon(DaemonReports):
         self.livekit = lkapi.LiveKitAPI(s.livekit.url, s.livekit.api_key, s.livekit.api_secret, failover=False)
         self.probes = Probes(self.redis, self.livekit, self.monitor, self.metrics, self.loops.problems)
         if s.daemon.http_port:
-            hooks = WebhookSink(self.redis, self.keys, lambda: self.settings, self.id, self.metrics)
+            hooks = WebhookSink(self.redis, self.keys, lambda: self.settings, self.id, self.metrics,
+                                self.archived.restore)
             self.http = HttpEndpoint(s.daemon.http_host, s.daemon.http_port, self.probes.health, self.metrics.render,
                                      hooks.routes)
             try:
@@ -311,7 +314,7 @@ class Daemon(DaemonReports):
         assert self.writer is not None and self._run_session is not None
         return SessionContext(self.writer, self.leases, self.control, self.registry, self.metrics, self.id,
                               lambda: self.settings, self._run_session, self.livekit, self.jobs.token_for,
-                              self.taker.ended)
+                              self.taker.ended, self.archived.restore)
 
     async def _fullness(self) -> tuple[bool, float]:
         """For LiveKit's dispatch: (takes no new room now, how full the daemon is: 0..1)."""

@@ -82,6 +82,8 @@ class SessionContext:
     # and what to tell when a room's sessions are over for good on this daemon (room, last reason)
     job_token: Callable[[str], tuple[str, str] | None] | None = None
     job_ended: Callable[[str, str], None] | None = None
+    # before a session's first record: an archived room whose tombstone expired gets its last seq back (archived.py)
+    restore_seq: Callable[[str], Awaitable[int]] | None = None
 
 
 class RoomSession:
@@ -241,6 +243,8 @@ class RoomSession:
         self.spec = self._make_spec(cause, attempt)
         self.state = "stopping" if self._stop.is_set() else "running"
         await self._remove_earlier_bots()
+        if self.ctx.restore_seq is not None:
+            await self.ctx.restore_seq(self.room)
         self.session_started = time.time()
         started = loop.time()
         self._log(logging.INFO, "session starts (cause %s, attempt %d, identity %s, pipeline %s)",

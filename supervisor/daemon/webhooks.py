@@ -17,7 +17,7 @@ livekit.yaml at any daemon: each one can record any room). :class:`WebhookSink`:
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -35,8 +35,9 @@ log = logging.getLogger("supervisor")
 
 class WebhookSink:
     def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Callable[[], Settings], producer: str,
-                 metrics: DaemonMetrics) -> None:
+                 metrics: DaemonMetrics, restore_seq: Callable[[str], Awaitable[int]] | None = None) -> None:
         self._redis = redis
+        self._restore_seq = restore_seq  # an archived room whose tombstone expired continues its seqs
         self.keys = keys
         self._settings = settings
         self.producer = producer
@@ -80,6 +81,8 @@ class WebhookSink:
             if s.webhooks.rooms == "supervised" and not await self._supervised(record.room):
                 self._count("ignored")
                 return 200, b"room not supervised; not recorded\n"
+            if self._restore_seq is not None:
+                await self._restore_seq(record.room)
             result = await self._appender.append(record, event.id)
         except (OnceAppendError, *REDIS_TROUBLE) as exc:
             self._count("unavailable")
