@@ -3,6 +3,7 @@
     python bench/append.py                    # 50,000 events, 100 rooms, 3 rounds, stock asyncio
     python bench/append.py --uvloop           # the daemon's event loop
     python bench/append.py --events 200000 --rooms 1000 --rounds 5
+    python bench/append.py --cluster          # also on a 3-master Redis Cluster (3 replicas), beside one server
 
 Starts its own redis-server (free 127.0.0.1 port, temporary directory, no persistence) and, per round, against
 that server with FLUSHALL in between, in turn:
@@ -15,6 +16,11 @@ that server with FLUSHALL in between, in turn:
 - ``naive``: the floor: one awaited XADD per record, same entries as ``pipelined``;
 - ``ceiling``: ``redis-benchmark -P 64`` sending XADDs of a typical entry of this workload (100 rooms' keys):
   what this redis-server takes when the client costs next to nothing.
+
+With ``--cluster``, the same rounds (but the ceiling) run again on a Redis Cluster of 3 masters with a replica each
+(``supervisor.devstack.redis_cluster``, no persistence), through redis-py's cluster client for every contender:
+``cluster_ours``, ``cluster_pipelined`` (its cluster pipeline: each node gets its XADDs in one round trip),
+``cluster_naive``; ``--wait-replicas 1`` makes ours wait for a replica after each round trip there.
 
 The best round of each counts (medians are printed too). After every round the streams are read back and
 checked: each contender stored every record once, in order, intact (ours also with consecutive sequence
@@ -34,8 +40,10 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -49,12 +57,14 @@ from eventstore.records import (
     AudioTrackSubscribed, CallStateUpdated, DataReceived, ParticipantConnected, ParticipantLeft, Record, tag_of,
 )
 from eventstore.writer import EventWriter
+from supervisor.devstack.redis_cluster import RedisCluster
 
 TARGET_OURS_VS_PIPELINED = 3.0
 PIPELINE_SIZE = 1000  # XADDs per round trip of the pipelined baseline
 CEILING_PIPELINE = 64
 KEYS = Keys()
 CONTENDERS = ("ours", "pipelined", "naive", "ceiling")
+CLUSTER_CONTENDERS = ("cluster_ours", "cluster_pipelined", "cluster_naive")
 
 
 def make_records(n: int, rooms: int, seed: int = 1) -> list[Record]:
@@ -98,10 +108,11 @@ def baseline_fields(record: Record, encode: Any) -> dict[str, str | bytes]:
     return {"type": tag_of(record), "rec": encode(record)}
 
 
-async def run_ours(r: aioredis.Redis, records: list[Record], maxlen: int) -> tuple[float, dict[str, int]]:
+async def run_ours(r: aioredis.Redis, records: list[Record], maxlen: int,
+                   wait_replicas: int = 0) -> tuple[float, dict[str, int]]:
     # A generous max_block: measure throughput under back-pressure, never the no-spool overflow error that a
     # slow round trip on a busy machine could otherwise trigger.
-    writer = EventWriter(r, producer="bench", max_block=30.0, stream_maxlen=maxlen)
+    writer = EventWriter(r, producer="bench", max_block=30.0, stream_maxlen=maxlen, wait_replicas=wait_replicas)
     await writer.start()
     await writer.flush()  # loads the feed partition count outside the timed part
     t = time.perf_counter()
@@ -244,8 +255,11 @@ class Run:
     seconds: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in CONTENDERS})
     problems: list[str] = field(default_factory=list)
     ours_stats: dict[str, int] = field(default_factory=dict)
+    cluster_stats: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.args.cluster:
+            self.seconds.update({name: [] for name in CLUSTER_CONTENDERS})
         self.expected_ours = expected_by_room(self.records, numbered=True)
         self.expected_plain = expected_by_room(self.records, numbered=False)
 
@@ -269,6 +283,21 @@ async def one_round(r: aioredis.Redis, run: Run) -> None:
     await r.flushall()
 
 
+async def cluster_round(r: Any, run: Run) -> None:
+    """Ours, pipelined and naive on the cluster (no ceiling), each after a FLUSHALL of every master."""
+    maxlen = run.args.maxlen
+    await r.flushall()
+    elapsed, run.cluster_stats = await run_ours(r, run.records, maxlen, run.args.wait_replicas)
+    run.seconds["cluster_ours"].append(elapsed)
+    run.problems += [f"cluster: {p}" for p in await check_streams(r, run.expected_ours, maxlen)]
+    run.problems += [f"cluster: {p}" for p in await check_ours_meta(r, run.expected_ours)]
+    for name, contender in (("cluster_pipelined", run_pipelined), ("cluster_naive", run_naive)):
+        await r.flushall()
+        run.seconds[name].append(await contender(r, run.records, maxlen))
+        run.problems += [f"{name}: {p}" for p in await check_streams(r, run.expected_plain, maxlen)]
+    await r.flushall()
+
+
 async def measure(run: Run) -> Run:
     with RedisServer("bench-append-") as server:
         run.ceiling_argv = ceiling_argv(server.port, run.args, typical_record(run.records))
@@ -279,6 +308,19 @@ async def measure(run: Run) -> Run:
                 await one_round(r, run)
         finally:
             await r.aclose()
+    if run.args.cluster:
+        with tempfile.TemporaryDirectory(prefix="bench-append-cluster-") as tmp:
+            cluster = RedisCluster(Path(tmp), appendonly=False)
+            try:
+                await asyncio.to_thread(cluster.start)
+                r = connect(cluster.url)
+                try:
+                    for _ in range(run.args.rounds):
+                        await cluster_round(r, run)
+                finally:
+                    await r.aclose()
+            finally:
+                cluster.stop()
     return run
 
 
@@ -287,7 +329,7 @@ def report(run: Run, env: dict[str, Any]) -> dict[str, Any]:
     counts = dict.fromkeys(CONTENDERS, args.events) | {"ceiling": args.ceiling_requests}
     best, median = {}, {}
     for name, seconds in run.seconds.items():
-        best[name], median[name] = best_and_median(counts[name], seconds)
+        best[name], median[name] = best_and_median(counts.get(name, args.events), seconds)
     vs_pipelined = ratio(best["ours"], best["pipelined"])
     return {
         "bench": "append", "events": args.events, "rooms": args.rooms, "rounds": args.rounds,
@@ -305,7 +347,18 @@ def report(run: Run, env: dict[str, Any]) -> dict[str, Any]:
         "median_per_s": median, "seconds": {k: rounded(v) for k, v in run.seconds.items()},
         "ceiling": ceiling_summary(run),
         "ours_last_round": run.ours_stats,
+        **(cluster_report(run, best) if args.cluster else {}),
     }
+
+
+def cluster_report(run: Run, best: dict[str, Any]) -> dict[str, Any]:
+    return {"cluster": {"masters": 3, "replicas_per_master": 1, "wait_replicas": run.args.wait_replicas,
+                        "ours_events_per_s": best["cluster_ours"],
+                        "pipelined_events_per_s": best["cluster_pipelined"],
+                        "naive_events_per_s": best["cluster_naive"],
+                        "ours_vs_pipelined": ratio(best["cluster_ours"], best["cluster_pipelined"]),
+                        "ours_vs_single_node": ratio(best["cluster_ours"], best["ours"]),
+                        "ours_last_round": run.cluster_stats}}
 
 
 def ceiling_summary(run: Run) -> dict[str, Any]:
@@ -323,6 +376,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--maxlen", type=int, default=0, help="approximate stream MAXLEN for every contender (0: none)")
     p.add_argument("--ceiling-requests", type=int, default=500_000, help="redis-benchmark -n")
     p.add_argument("--ceiling-clients", type=int, default=50, help="redis-benchmark -c")
+    p.add_argument("--cluster", action="store_true",
+                   help="also run ours, pipelined and naive on a 3-master Redis Cluster (3 replicas)")
+    p.add_argument("--wait-replicas", type=int, default=0, choices=(0, 1),
+                   help="on the cluster: ours waits for this many replicas after each round trip (redis.wait_replicas)")
     p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=False,
                    help="run on uvloop (the daemon's loop); default: stock asyncio")
     args = p.parse_args()

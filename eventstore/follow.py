@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from .codec import DecodeError, decode_entry
-from .connection import honour_cancellation
+from .connection import honour_cancellation, is_cluster, read_streams_apart
 from .keys import Keys, encode_name
 from .reader import RoomReader, UndecodableHook, _next_id
 from .records import AnyRecord
@@ -183,7 +183,13 @@ class _Follower:
 
     async def _read_feeds(self) -> list[str]:
         """One ``XREAD`` of every feed: the rooms announced, in order, once each."""
-        reply = await self._redis.xread(self._feeds, block=self._block_ms, count=self._count)
+        if is_cluster(self._redis):  # the feeds live on several slots: one read each
+            feeds = dict(self._feeds)
+            reply = await read_streams_apart(
+                self._redis, lambda pipe: [pipe.xread({key: at}, count=self._count) for key, at in feeds.items()],
+                self._block_ms)
+        else:
+            reply = await self._redis.xread(self._feeds, block=self._block_ms, count=self._count)
         rooms: dict[str, None] = {}
         read_from: dict[str, str] = {}
         for key, entries in reply or []:

@@ -21,6 +21,7 @@ from typing import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .connection import is_cluster, read_streams_apart, run_script_many
 from .keys import Keys
 
 log = logging.getLogger("eventstore")
@@ -109,11 +110,11 @@ class FeedGroup:
         return await self._renew_owned()
 
     async def _renew_owned(self) -> set[int]:
-        lost: set[int] = set()
-        for p in sorted(self.owned):
-            if not await self._renew(keys=[self.keys.partition_lock(self.group, p)],
-                                     args=[self.instance, self.lease_ms]):
-                lost.add(p)
+        owned = sorted(self.owned)
+        # one round trip for all (a cluster pipeline on a cluster: the locks live on several slots)
+        renewed = await run_script_many(self._redis, self._renew, [([self.keys.partition_lock(self.group, p)],
+                                                                    [self.instance, self.lease_ms]) for p in owned])
+        lost = {p for p, ok in zip(owned, renewed) if not ok}
         self.owned -= lost
         if lost:
             log.warning("consumer %s/%s: leases of partitions %s lost", self.group, self.instance, sorted(lost))
@@ -152,8 +153,12 @@ class FeedGroup:
         await self._drop(keys=[self.keys.feed(partition)], args=[self.group, self.instance])
 
     async def release_all(self) -> None:
-        for p in list(self.owned):
-            await self.release(p)
+        owned = sorted(self.owned)
+        await run_script_many(self._redis, self._release, [([self.keys.partition_lock(self.group, p)], [self.instance])
+                                                           for p in owned])
+        self.owned.clear()
+        await run_script_many(self._redis, self._drop, [([self.keys.feed(p)], [self.group, self.instance])
+                                                        for p in owned])
         await self._redis.zrem(self.keys.consumers(self.group), self.instance)
 
     async def reclaim(self, partition: int, count: int = 500) -> list[FeedEntry]:
@@ -173,7 +178,12 @@ class FeedGroup:
         if not self.owned:
             return []
         streams = {self.keys.feed(p): ">" for p in sorted(self.owned)}
-        reply = await self._redis.xreadgroup(self.group, self.instance, streams, count=count, block=block_ms)
+        if is_cluster(self._redis):  # partitions live on several slots: one read each
+            reply = await read_streams_apart(
+                self._redis, lambda pipe: [pipe.xreadgroup(self.group, self.instance, {key: ">"}, count=count)
+                                           for key in streams], block_ms)
+        else:
+            reply = await self._redis.xreadgroup(self.group, self.instance, streams, count=count, block=block_ms)
         out: list[FeedEntry] = []
         for key, entries in reply or []:
             partition = int(key.rsplit(b":", 1)[1])

@@ -25,6 +25,7 @@ Layout (prefix ``rs`` by default)::
                                              free ones since they were desired, held ones when their lease expires
     rs:control                       STREAM  join/leave announcements that wake daemons early
     rs:daemon:<id>                   STRING  daemon heartbeat (JSON), with a TTL
+    rs:daemons                       ZSET    daemon id -> when its heartbeat expires (ms): who to read, without SCAN
     rs:consumers:<proj>              ZSET    live consumer instances of a projection (score: heartbeat ms)
     rs:plock:<proj>:<n>              STRING  which consumer instance owns feed partition n
 """
@@ -136,6 +137,9 @@ class Keys:
 
     def daemon_pattern(self) -> str:
         return f"{self.prefix}:daemon:*"
+
+    def daemons(self) -> str:
+        return f"{self.prefix}:daemons"
 
     def consumers(self, projection: str) -> str:
         return f"{self.prefix}:consumers:{projection}"

@@ -49,9 +49,9 @@ class OnceAppender:
         room = record.room
         for attempt in range(2):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.evalsha(_APPEND_SHA, 5, self.keys.events(room), self.keys.meta(room), self.keys.lease(room),
-                         self.keys.archived(room), self.keys.once(room), 0, -1, "", self._maxlen,
-                         frame_batch([encode_for_append(record)]), once_id)
+            pipe.execute_command("EVALSHA", _APPEND_SHA, 5, self.keys.events(room), self.keys.meta(room),
+                                 self.keys.lease(room), self.keys.archived(room), self.keys.once(room), 0, -1, "",
+                                 self._maxlen, frame_batch([encode_for_append(record)]), once_id)
             await self._feed.notify(pipe, [room])
             try:
                 reply = (await pipe.execute(raise_on_error=False))[0]

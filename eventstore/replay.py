@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from .archive import ArchiveStore
 from .codec import DecodeError, decode_entry
-from .connection import honour_cancellation
+from .connection import honour_cancellation, is_cluster
 from .keys import Keys
 from .projections.base import Projection
 from .reader import RoomReader, _next_id
@@ -68,7 +68,7 @@ async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: 
     if collecting:
         gc.disable()
     try:
-        async with _RawXrange(redis, keys, count) as ahead:
+        async with _xrange_batches(redis, keys, count) as ahead:
             await ahead.send(batches[0])
             for n, batch in enumerate(batches):
                 honour_cancellation()
@@ -97,7 +97,7 @@ async def replay_many(redis: aioredis.Redis, rooms: Iterable[str], projections: 
                             more.append(room)
                     batch = more
                     if batch:
-                        async with _RawXrange(redis, keys, count) as extra:
+                        async with _xrange_batches(redis, keys, count) as extra:
                             await extra.send(batch, start)
                             pages = await extra.receive(len(batch))
                 out.update(states)
@@ -163,6 +163,41 @@ class _RawXrange:
             replies.append(await self._conn.read_response())
             self._unread -= 1
         return replies
+
+
+class _ClusterXrange:
+    """:class:`_RawXrange`'s interface on a Redis Cluster client: each batch's XRANGEs go out in one cluster
+    pipeline (redis-py sends each node its rooms), sent when the batch is received; the parsed replies are put back
+    in the raw shape ``[id, [field, value, ...]]``."""
+
+    def __init__(self, redis: Any, keys: Keys, count: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._count = count
+        self._pending: list[tuple[str, str]] = []
+
+    async def __aenter__(self) -> _ClusterXrange:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._pending = []
+
+    async def send(self, rooms: list[str], start: dict[str, str] | None = None) -> None:
+        start = start or {}
+        self._pending += [(room, start.get(room, "-")) for room in rooms]
+
+    async def receive(self, n: int) -> list[Any]:
+        todo, self._pending = self._pending[:n], self._pending[n:]
+        pipe = self._redis.pipeline(transaction=False)
+        for room, first in todo:
+            pipe.xrange(self._keys.events(room), min=first, count=self._count)
+        pages = await pipe.execute()
+        return [[[entry_id, [x for kv in fields.items() for x in kv]] for entry_id, fields in page]
+                for page in pages]
+
+
+def _xrange_batches(redis: aioredis.Redis, keys: Keys, count: int) -> Any:
+    return _ClusterXrange(redis, keys, count) if is_cluster(redis) else _RawXrange(redis, keys, count)
 
 
 _page_decoder = msgspec.json.Decoder(list[AnyRecord])

@@ -199,7 +199,7 @@ class Archiver:
         pipe.get(k.archived(room))
         pipe.hget(k.lease(room), "expires")
         pipe.xrevrange(k.events(room), count=1)
-        pipe.time()
+        pipe.execute_command("EVAL", "return redis.call('TIME')", 1, k.meta(room))  # the room's node's clock
         for name in self.projections:
             pipe.hget(k.state(room, name), "seq")
         desired, seq_raw, archived_raw, expires, last, now, *checkpoints = await pipe.execute()

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -60,6 +61,8 @@ class EventWriter(SpoolPump, BatchSender):
         max_block: float = 0.5,
         stream_maxlen: int = 0,
         on_written: WrittenHook | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self._redis = redis
         self.keys = keys or Keys()
@@ -70,6 +73,12 @@ class EventWriter(SpoolPump, BatchSender):
         self.max_block = max_block
         self._maxlen = stream_maxlen
         self._on_written = on_written
+        # an append counts as written only once this many replicas have it (WAIT after each round trip)
+        self._wait_replicas = wait_replicas
+        self._wait_ms = max(1, int(wait_timeout * 1000))
+        self._told: dict[str, int] = {}
+        self._wait_nodes: dict[str, Any] = {}
+        self.wait = (wait_replicas, wait_timeout)  # for writers that stand in for this one (spools of gone daemons)
         self._feed = FeedNotifier(redis, self.keys)
         self._dead = DeadLetters(redis, self.keys)
         self._rooms: dict[str, _RoomQueue] = {}

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-REDIS_TROUBLE: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException: a cluster client that reaches no node, or a slot no node serves for a moment (failover)
+REDIS_TROUBLE: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError, RedisClusterException)
+# What a command may get from Redis, one server or a cluster (whose client raises RedisClusterException, not a
+# RedisError, e.g. when no seed node answers)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, RedisClusterException)
 
 
 class SupervisorError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import msgspec
@@ -19,6 +20,8 @@ import redis.asyncio as aioredis
 from eventstore.keys import Keys
 
 log = logging.getLogger("supervisor")
+
+INDEX_GRACE_MS = 60_000  # an index entry outlives its heartbeat this long (clocks of hosts may differ a little)
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
@@ -55,7 +58,11 @@ _decode = msgspec.json.Decoder(Heartbeat).decode
 async def write_heartbeat(redis: aioredis.Redis, keys: Keys, beat: Heartbeat, ttl: float) -> Heartbeat | None:
     """Write ``beat``; returns the heartbeat it replaced when that was another instance's (a daemon with the
     same id that is alive: two daemons share an id), else None."""
-    raw = await redis.set(keys.daemon(beat.id), _encode(beat), px=max(int(ttl * 1000), 1), get=True)
+    ttl_ms = max(int(ttl * 1000), 1)
+    pipe = redis.pipeline(transaction=False)  # two slots on a cluster: two commands, one round trip
+    pipe.set(keys.daemon(beat.id), _encode(beat), px=ttl_ms, get=True)
+    pipe.zadd(keys.daemons(), {beat.id.encode("utf-8", "surrogateescape"): int(time.time() * 1000) + ttl_ms})
+    raw, _ = await pipe.execute()
     other = _safe(raw) if raw is not None else None
     return other if other is not None and other.instance != beat.instance else None
 
@@ -98,12 +105,21 @@ async def delete_heartbeat(redis: aioredis.Redis, keys: Keys, daemon_id: str, in
 
 
 async def read_heartbeats(redis: aioredis.Redis, keys: Keys) -> list[Heartbeat]:
-    """Every live daemon's heartbeat; unreadable ones are skipped with a warning."""
-    names = [k async for k in redis.scan_iter(match=keys.daemon_pattern(), count=500)]
-    if not names:
+    """Every live daemon's heartbeat (those in the index ``rs:daemons``, which each heartbeat renews); unreadable
+    ones are skipped with a warning, and index entries of daemons gone for a minute are removed."""
+    now_ms = int(time.time() * 1000)
+    pipe = redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(keys.daemons(), "-inf", now_ms - INDEX_GRACE_MS)  # daemons gone for good
+    pipe.zrange(keys.daemons(), 0, -1)
+    _, ids = await pipe.execute()
+    if not ids:
         return []
+    names = [keys.daemon(i.decode("utf-8", "surrogateescape")) for i in ids]
+    pipe = redis.pipeline(transaction=False)  # not MGET: on a cluster the heartbeats live on several slots
+    for name in names:
+        pipe.get(name)
     beats = []
-    for name, raw in zip(names, await redis.mget(names)):
+    for name, raw in zip(names, await pipe.execute()):
         beat = _safe(raw) if raw is not None else None
         if beat is None and raw is not None:
             log.warning("heartbeat %r is not readable; skipped", name)

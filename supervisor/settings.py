@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import msgspec
 
+from eventstore.connection import CLUSTER_SCHEMES, BadRedisUrl, cluster_seeds, is_cluster_url
 from eventstore.keys import InvalidKeyPart, Keys
 from transport.audio_format import AudioFormat
 from transport.pipeline_names import BUILTIN_NAMES, check_target, is_name
@@ -196,9 +197,14 @@ def validate(s: Settings) -> None:
     if not s.livekit.api_key or not s.livekit.api_secret:
         raise SettingsError("livekit.api_key and livekit.api_secret must be set",
                             "livekit.api_key" if not s.livekit.api_key else "livekit.api_secret")
-    if not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("redis.url must start with redis://, rediss:// or unix://, got "
-                            f"{redact_url(s.redis.url)!r}", "redis.url")
+    if not s.redis.url.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
+        raise SettingsError("redis.url must start with redis://, rediss://, unix:// or (a Redis Cluster) "
+                            f"redis+cluster://, got {redact_url(s.redis.url)!r}", "redis.url")
+    if is_cluster_url(s.redis.url):
+        try:
+            cluster_seeds(s.redis.url)
+        except BadRedisUrl as exc:
+            raise SettingsError(f"redis.url: {exc}", "redis.url") from None
     positive = {
         "redis.partitions": s.redis.partitions, "writer.max_batch": s.writer.max_batch,
         "writer.max_pending": s.writer.max_pending, "daemon.max_rooms": s.daemon.max_rooms,
@@ -257,6 +263,11 @@ def _validate_livekit_side(s: Settings) -> None:
     if bool(s.webhooks.api_key) != bool(s.webhooks.api_secret):
         raise SettingsError("webhooks.api_key and webhooks.api_secret are set together (or both left empty: the "
                             "LiveKit key)", "webhooks.api_key" if not s.webhooks.api_key else "webhooks.api_secret")
+    if not 0 <= s.redis.wait_replicas <= 16:
+        raise SettingsError(f"redis.wait_replicas must be 0..16, got {s.redis.wait_replicas}", "redis.wait_replicas")
+    if not (math.isfinite(s.redis.wait_timeout) and 0 < s.redis.wait_timeout <= 60):
+        raise SettingsError(f"redis.wait_timeout must be in (0, 60] seconds, got {s.redis.wait_timeout!r}",
+                            "redis.wait_timeout")
     r = s.retention
     for field, value, least in (("archive_after", r.archive_after, 0), ("keep_records", r.keep_records, 0),
                                 ("tombstone_ttl", r.tombstone_ttl, 0), ("interval", r.interval, None),

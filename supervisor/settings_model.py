@@ -32,6 +32,10 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefix: str = "rs"
     partitions: int = 16  # feed partitions; fixed in Redis by the first writer
     stream_maxlen: int = 0  # 0 keeps every event (the log is the source of truth)
+    # an append counts as written only once this many replicas have it (WAIT after each round trip, at most
+    # wait_timeout s; else the writer keeps the records and tries again, as in an outage). 0: when the master has it
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
 
 
 class WriterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

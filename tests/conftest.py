@@ -27,10 +27,13 @@ from harness.fixtures import (  # noqa: E402,F401 - fixtures are found by name
     livekit_server,
     make_bot,
     participant_factory,
+    private_cluster,
+    redis_cluster,
     redis_server,
     redis_url,
     room_name,
     sealed_netns,
+    store_url,
 )
 
 

@@ -172,9 +172,11 @@ def test_rooms_lists_the_newest_recorded_rooms_when_there_are_too_many(desired, 
     assert "1005 rooms have recorded events; the newest 1000 are listed" in capsys.readouterr().out
 
 
-def test_redis_unreachable_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    code, err = run(["join", "a room"], capsys)
+@pytest.mark.parametrize("scheme", ["redis://127.0.0.1:{}/0", "redis+cluster://127.0.0.1:{},127.0.0.1:{}"])
+@pytest.mark.parametrize("command", [["join", "a room"], ["rooms"], ["events", "a room"], ["state", "a room"]])
+def test_redis_unreachable_is_a_clear_error(capsys, monkeypatch, scheme, command):
+    monkeypatch.setenv("REDIS_URL", scheme.format(free_port(), free_port()))
+    code, err = run(command, capsys)
     assert code == 1
     assert "cannot reach Redis" in err and "Traceback" not in err
 

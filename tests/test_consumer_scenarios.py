@@ -29,6 +29,7 @@ from eventstore.examples.third_projection import PROJECTION as TOPICS
 from eventstore.examples.third_projection import SERVER, TopicsState
 from strategies import BASE_TS, Script
 from supervisor.cli import main
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 ROOM = "support call: ü {7}*"  # spaces, unicode, ':' '{' '}' '*' all go through key encoding
 PROJECTIONS = (PARTICIPANTS, CALL_STATE, TOPICS, ORDER_CHECK)

@@ -13,6 +13,7 @@ import pytest
 from daemonproc import DaemonProcess, NotifyListener, Observer, observing, run_cli, run_cli_many, start_in_rooms
 from eventstore.records import tag_of
 from harness.util import async_wait_until
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 pytestmark = [pytest.mark.livekit, pytest.mark.slow, pytest.mark.timeout(420)]
 

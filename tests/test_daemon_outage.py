@@ -65,6 +65,44 @@ class Caller:
         await self.participant.leave()
 
 
+async def calls_through(observer: Observer, callers: list[Caller], rooms: list[str], disruption) -> BotWatch:
+    """The callers join and talk; ``disruption()`` runs 3 s into the calls and they go on 5 s after it; returns
+    the watch of LiveKit's participant lists, once every message sent is in Redis."""
+    try:
+        for caller in callers:
+            await caller.start()
+        await async_wait_until(lambda: _all_seen(observer, callers), 60, "the bots to see their callers", 0.3)
+        watch = BotWatch(observer, rooms, period=0.5)
+        for caller in callers:
+            caller.start_sending()
+        await asyncio.sleep(3)  # a few messages before
+        await disruption()
+        await asyncio.sleep(5)  # and after
+        for caller in callers:
+            await caller.stop_sending()
+        await watch.stop()
+        await async_wait_until(lambda: _all_recorded(observer, callers), 90, "every message in Redis", 0.5)
+    finally:
+        for caller in callers:
+            await caller.leave()
+    return watch
+
+
+async def every_message_once(observer: Observer, caller: Caller, watch: BotWatch) -> list:
+    """The caller's room: gapless seqs, every message once and in order, one session that never ended, the same
+    bot in LiveKit's lists all along. Returns the room's records."""
+    room = caller.participant.room_name
+    records = await observer.records(room)
+    assert [r.seq for r in records] == list(range(1, len(records) + 1)), room  # gapless
+    sent = [str(i).encode() for i in range(caller.sent)]
+    got = [r.data for r in records if isinstance(r, DataReceived) and r.topic == TOPIC]
+    assert got == sent, (room, len(got), len(sent))  # every message once, in order
+    started = [r for r in records if isinstance(r, SessionStarted)]
+    assert len(started) == 1 and not [r for r in records if isinstance(r, SessionEnded)], room
+    assert watch.seen[room] == {started[0].identity}, (room, watch.seen[room])  # the same bot throughout
+    return records
+
+
 async def _live_rooms(tmp_path, redis, livekit_server, outage) -> None:
     """Start the daemon in 5 rooms with callers, run ``outage()`` (which returns when Redis is back), and check
     that nothing was heard or lost."""
@@ -73,35 +111,11 @@ async def _live_rooms(tmp_path, redis, livekit_server, outage) -> None:
     callers = [Caller(livekit_server.url, room) for room in rooms]
     async with observing(daemon) as observer:
         await start_in_rooms(daemon, observer, rooms, timeout=120)
-        try:
-            for caller in callers:
-                await caller.start()
-            await async_wait_until(lambda: _all_seen(observer, callers), 60, "the bots to see their callers", 0.3)
-            watch = BotWatch(observer, rooms, period=0.5)
-            for caller in callers:
-                caller.start_sending()
-            await asyncio.sleep(3)  # a few messages before the outage
-            await outage()
-            await asyncio.sleep(5)  # and after it
-            for caller in callers:
-                await caller.stop_sending()
-            await watch.stop()
-            await async_wait_until(lambda: _all_recorded(observer, callers), 90, "every message in Redis", 0.5)
-        finally:
-            for caller in callers:
-                await caller.leave()
-
+        watch = await calls_through(observer, callers, rooms, outage)
         assert watch.polls > 20 and watch.duplicates == [] and watch.gaps == [], (watch.duplicates[:3], watch.gaps[:3])
         for caller in callers:
+            records = await every_message_once(observer, caller, watch)
             room = caller.participant.room_name
-            records = await observer.records(room)
-            assert [r.seq for r in records] == list(range(1, len(records) + 1)), room  # gapless
-            sent = [str(i).encode() for i in range(caller.sent)]
-            got = [r.data for r in records if isinstance(r, DataReceived) and r.topic == TOPIC]
-            assert got == sent, (room, len(got), len(sent))  # every message once, in order
-            started = [r for r in records if isinstance(r, SessionStarted)]
-            assert len(started) == 1 and not [r for r in records if isinstance(r, SessionEnded)], room
-            assert watch.seen[room] == {started[0].identity}, (room, watch.seen[room])  # the same bot throughout
             down = [r for r in records if isinstance(r, StoreUnavailable)]
             back = [r for r in records if isinstance(r, StoreRestored)]
             assert len(down) == 1 and len(back) == 1 and down[0].seq < back[0].seq, room

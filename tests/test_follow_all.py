@@ -13,12 +13,13 @@ from contextlib import aclosing
 
 import pytest
 
-from eventstore.connection import connect
+from eventstore.connection import connect, is_cluster
 from eventstore.follow import follow_all, room_positions
 from eventstore.keys import Keys, partition_of
 from eventstore.reader import Undecodable
 from eventstore.records import AnyRecord, ParticipantConnected
 from eventstore.writer import EventWriter
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 KEYS = Keys()
 FOLLOWER = "follower"
@@ -61,9 +62,14 @@ async def blocked_in_xread(r, timeout: float = 10.0) -> None:
     """Return once the follower's client waits in XREAD: it has taken its starting place."""
     async with asyncio.timeout(timeout):
         while True:
-            for c in await r.client_list():
-                if c.get("name") == FOLLOWER and c.get("cmd") == "xread" and "b" in c.get("flags", ""):
+            if is_cluster(r):  # the follower polls each partition (no blocking XREAD over several slots)
+                replies = await r.client_list(target_nodes=r.PRIMARIES)
+                if any(c.get("name") == FOLLOWER and c.get("cmd") == "xread" for cs in replies.values() for c in cs):
                     return
+            else:
+                for c in await r.client_list():
+                    if c.get("name") == FOLLOWER and c.get("cmd") == "xread" and "b" in c.get("flags", ""):
+                        return
             await asyncio.sleep(0.01)
 
 

@@ -7,21 +7,22 @@ import asyncio
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from eventstore.keys import Keys
 from eventstore.reader import RoomReader
 from eventstore.records import SessionStarted
+from eventstore.connection import connect
 from eventstore.writer import EventWriter
 from harness.util import async_wait_until
 from supervisor.daemon.leases import InvalidLeaseOwner, Leases
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 ROOM = "lease room {1}: ünï*"
 
 
 @pytest.fixture
 async def redis(redis_url):
-    client = aioredis.from_url(redis_url)
+    client = connect(redis_url)
     yield client
     await client.aclose()
 
@@ -100,7 +101,7 @@ async def _granted(contender: Leases) -> bool:
 
 def test_owner_must_be_named(redis_url):
     with pytest.raises(InvalidLeaseOwner):
-        Leases(aioredis.from_url(redis_url), Keys(), "", 1.0)
+        Leases(connect(redis_url), Keys(), "", 1.0)
 
 
 async def test_a_restarted_daemon_takes_its_own_lease_back_at_once(redis):

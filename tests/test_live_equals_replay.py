@@ -24,6 +24,7 @@ from eventstore.projections.participants import PARTICIPANTS
 from eventstore.records import Record
 from eventstore.writer import EventWriter
 from strategies import interleaved, valid_room_histories
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 PROJECTIONS = (PARTICIPANTS, CALL_STATE, ORDER_CHECK)
 RUNNER = dict(lease_ms=600, block_ms=50)

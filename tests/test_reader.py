@@ -14,6 +14,7 @@ from eventstore.keys import Keys
 from eventstore.reader import CaughtUp, RoomReader, Undecodable
 from eventstore.records import ParticipantConnected
 from eventstore.writer import EventWriter
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 KEYS = Keys()
 

@@ -187,6 +187,8 @@ def test_serve_does_not_print_the_password(tmp_path, locked_redis):
         (":pw1234@h:6379", "***@h:6379"),  # no scheme
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("localhost:6379", "localhost:6379"),
+        ("redis+cluster://admin:pw1234@10.0.0.1:6379,10.0.0.2:6379", "redis+cluster://***@10.0.0.1:6379,10.0.0.2:6379"),
+        ("rediss+cluster://:pw1234@h1:1,h2:2", "rediss+cluster://***@h1:1,h2:2"),
     ],
 )
 def test_redact_url(url, shown):

@@ -28,6 +28,7 @@ from eventstore.projections.callstate import CallStateMachine
 from eventstore.projections.participants import ParticipantTracker
 from supervisor.cli.events import record_line
 from supervisor.control import Control
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 pytestmark = [pytest.mark.timeout(300)]
 

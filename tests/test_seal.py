@@ -1,8 +1,10 @@
-"""The sealed network: LiveKit tests send nothing to any address outside loopback and our namespace."""
+"""The sealed network: LiveKit tests send nothing to any address outside loopback and our namespace, and the Redis
+Cluster of the tests lives on loopback alone."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 import pytest
@@ -11,14 +13,12 @@ from harness.participant import mint_token
 from harness.util import is_root
 from harness.seal import Capture, EgressAccounting, host_interfaces, probe_join, tx_packets
 
-pytestmark = [pytest.mark.livekit]
-
-
 def _allowed_net(livekit_server) -> ipaddress.IPv4Network:
     ns = livekit_server.netns
     return ns.subnet if ns is not None else ipaddress.ip_network("127.0.0.0/8")
 
 
+@pytest.mark.livekit
 async def test_clients_are_handed_only_local_ice_servers(livekit_server, room_name):
     join = await probe_join(livekit_server.url, mint_token(room_name, "probe"))
     urls = [u for server in join.ice_servers for u in server.urls]
@@ -67,6 +67,7 @@ def _candidates(stats) -> tuple[list, list, list]:
     return local, remote, pairs
 
 
+@pytest.mark.livekit
 async def test_full_media_session_sends_nothing_off_host(livekit_server, participant_factory, bot_factory, tmp_path):
     """Count, per outgoing interface, every packet this process sends during a full media session."""
     ns = livekit_server.netns
@@ -129,3 +130,59 @@ def _is_up(iface: str) -> bool:
     except OSError:
         return False
     return bool(flags & 0x1) or state == "up"
+
+
+def _sockets_of(pid: int) -> list[tuple[str, str]]:
+    """(local, remote) addresses of every TCP socket process ``pid`` holds, from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    out.append((_address(fields[1]), _address(fields[2])))
+    return out
+
+
+def _address(hex_address: str) -> str:
+    ip, port = hex_address.split(":")
+    raw = bytes.fromhex(ip)
+    if len(raw) == 4:
+        return f"{ipaddress.IPv4Address(raw[::-1])}:{int(port, 16)}"
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return f"[{ipaddress.IPv6Address(words)}]:{int(port, 16)}"
+
+
+async def test_the_redis_cluster_lives_on_loopback(redis_cluster):
+    """Every node of the test cluster announces 127.0.0.1 and holds sockets (clients, the cluster bus, its
+    replication) to and from 127.0.0.1 only."""
+    from eventstore.connection import connect
+
+    redis = connect(redis_cluster.url)
+    try:
+        await redis.set("seal:{a}", 1)  # some traffic between the nodes first: replication, the bus
+        await redis.set("seal:{b}", 1)
+    finally:
+        await redis.aclose()
+    for node in redis_cluster.nodes:
+        table = _cluster_nodes(node.port)
+        assert table and all(addr.startswith("127.0.0.1:") for addr in table), table
+        sockets = _sockets_of(node.proc.pid)
+        assert sockets, node.port
+        for local, remote in sockets:
+            assert local.startswith("127.0.0.1:"), (node.port, local, remote)
+            assert remote.startswith(("127.0.0.1:", "0.0.0.0:")), (node.port, local, remote)
+
+
+def _cluster_nodes(port: int) -> list[str]:
+    from harness.redis_cluster import _info
+
+    return [line.split()[1] for line in _info(port, "CLUSTER", "NODES").splitlines() if line.strip()]

@@ -14,6 +14,7 @@ from eventstore.keys import Keys
 from eventstore.reader import RoomReader
 from eventstore.records import CallStateUpdated, DataReceived, ParticipantConnected, Record
 from eventstore.writer import _APPEND_LUA, EventWriter, WriterClosed
+from harness.fixtures import both_redis_url  # noqa: F401 - every test here runs on one server and on a cluster
 
 KEYS = Keys()
 

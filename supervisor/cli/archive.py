@@ -8,13 +8,12 @@ import json
 import signal
 import time
 
-from redis.exceptions import RedisError
 
 from eventstore.connection import connect
 from eventstore.keys import Keys
 from eventstore.retention import Archiver, PassResult
 
-from ..errors import CommandError
+from ..errors import REDIS_ERRORS, CommandError
 from ..settings import Settings, archive_of
 from .output import emit
 from .rooms import redis_failed
@@ -58,7 +57,7 @@ async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
             except asyncio.TimeoutError:
                 continue
             return 0
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         if args.follow:

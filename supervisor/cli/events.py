@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from eventstore.connection import connect
 from eventstore.consumer import ProjectionRunner
@@ -22,7 +21,7 @@ from eventstore.reader import CaughtUp, RoomReader
 from eventstore.records import Record, tag_of
 
 from ..control import check_room_name
-from ..errors import CommandError
+from ..errors import REDIS_ERRORS, CommandError
 from ..settings import Settings, archive_of
 from .output import emit
 from .roomlog import room_facts
@@ -117,7 +116,7 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         else:
             async for record in reader.iter_room(room, args.since):
                 emit(show(record))
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
@@ -137,7 +136,7 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         loop.add_signal_handler(sig, runner.stop)
     try:
         applied = await runner.run(until_caught_up=args.until_caught_up)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import msgspec
-from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -18,7 +18,7 @@ from eventstore.keys import Keys
 from transport.pipeline_names import PipelineNotFound, resolve_target
 
 from ..control import Control, JoinResult, check_room_name, unusable_name
-from ..errors import CommandError
+from ..errors import REDIS_ERRORS, CommandError
 from ..heartbeat import Heartbeat, read_heartbeats
 from ..settings import Settings, redact_url
 from .output import emit
@@ -47,7 +47,7 @@ def redis_failed(settings: Settings, exc: BaseException) -> CommandError:
     if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
         return CommandError(f"Redis at {where} refused access ({type(exc).__name__}: {exc}); check the password "
                             "in redis.url / REDIS_URL")
-    if isinstance(exc, (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)):
+    if isinstance(exc, (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError, RedisClusterException)):
         return CommandError(f"cannot reach Redis at {where} ({type(exc).__name__}: {exc})")
     return CommandError(f"Redis at {where} refused the command ({type(exc).__name__}: {exc})")
 
@@ -59,7 +59,7 @@ async def cmd_join(args: argparse.Namespace, settings: Settings) -> int:
     redis = connect(settings.redis.url)
     try:
         result = await Control(redis, keys).join(room, pipeline)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
@@ -77,7 +77,7 @@ async def cmd_leave(args: argparse.Namespace, settings: Settings) -> int:
     redis = connect(settings.redis.url)
     try:
         was = await Control(redis, keys).leave(room)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()
@@ -184,7 +184,7 @@ async def cmd_rooms(args: argparse.Namespace, settings: Settings) -> int:
         beats = await read_heartbeats(redis, keys)
         rooms = await gather_rooms(redis, keys, beats)
         recorded = await redis.zcard(keys.rooms())
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()

@@ -15,7 +15,6 @@ import shlex
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from eventstore.connection import connect
 from eventstore.consumer import replay
@@ -23,6 +22,7 @@ from eventstore.keys import Keys
 from eventstore.projections import PROJECTIONS, Projection
 
 from ..control import check_room_name
+from ..errors import REDIS_ERRORS
 from ..settings import Settings, archive_of, redact_url
 from .events import load_projection, state_json
 from .output import emit
@@ -123,7 +123,7 @@ async def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
     try:
         facts = await room_facts(redis, keys, room, projections, lease_ms=settings.consumer.lease_ms)
         return await _run(redis, keys, facts.require_known(), args)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise redis_failed(settings, exc) from None
     finally:
         await redis.aclose()

@@ -27,6 +27,8 @@ from typing import Callable
 
 from livekit import api as lkapi
 
+from eventstore.connection import drop_idle_connections
+
 from ..errors import REDIS_TROUBLE
 from .bots import LiveKitUnreachable, bots_in
 from .leases import Leases
@@ -117,7 +119,7 @@ class LeaseKeeper:
         assert self.down_since is not None
         # Idle pooled connections may belong to the Redis process that went away: drop them now, rather than
         # have each fail once in some other loop.
-        await self.leases.redis.connection_pool.disconnect(inuse_connections=False)
+        await drop_idle_connections(self.leases.redis)
         since, down_for = self.down_since, time.time() - self.down_since
         for session in kept:
             if session in self._noted:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from eventstore.connection import run_script_many
 from eventstore.keys import Keys
 
 from ..errors import SupervisorError, text
@@ -180,10 +181,9 @@ class Leases:
         """Claim several rooms in one round trip (each claim is still its own atomic script)."""
         if not rooms:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:  # reset even when cancelled (a timeout)
-            for room in rooms:
-                await self._claim(keys=[self.keys.lease(room)], args=self._claim_args(takeover), client=pipe)
-            claims = [_claim_of(r) for r in await pipe.execute()]
+        calls = [([self.keys.lease(room)], self._claim_args(takeover)) for room in rooms]
+        replies = await run_script_many(self.redis, self._claim, calls)
+        claims = [_claim_of(r) for r in replies]
         await self.index({room: c.expires_ms for room, c in zip(rooms, claims) if c.granted})
         return claims
 
@@ -191,10 +191,9 @@ class Leases:
         """Renew several leases ``(room, epoch)`` in one round trip; each one's new expiry, or 0 if lost."""
         if not held:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:  # reset even when cancelled (a timeout)
-            for room, epoch in held:
-                await self._renew(keys=[self.keys.lease(room)], args=[self.owner, epoch, self.ttl_ms], client=pipe)
-            expiries = [int(r) for r in await pipe.execute()]
+        calls = [([self.keys.lease(room)], [self.owner, epoch, self.ttl_ms]) for room, epoch in held]
+        replies = await run_script_many(self.redis, self._renew, calls)
+        expiries = [int(r) for r in replies]
         await self.index({room: e for (room, _), e in zip(held, expiries) if e})
         return expiries
 

@@ -169,7 +169,7 @@ class Daemon(DaemonReports):
         self.writer = EventWriter(
             self.redis, keys=self.keys, producer=self.id, spool=spool, max_batch=s.writer.max_batch,
             max_pending=s.writer.max_pending, max_block=s.writer.max_block, stream_maxlen=s.redis.stream_maxlen,
-            on_written=self.metrics.on_written,
+            on_written=self.metrics.on_written, wait_replicas=s.redis.wait_replicas, wait_timeout=s.redis.wait_timeout,
         )
         writer = self.writer
         self.metrics.watch(lambda: writer.pending, lambda: writer.spooled_bytes, self.monitor.lag, self.monitor.load,

@@ -88,7 +88,7 @@ async def replay_before_claims(redis: aioredis.Redis, keys: Keys, writer: EventW
     The order matters: spooled records carry the fencing epochs of the leases they were written under, and a
     claim gives the room a higher epoch, after which the room refuses them (``FENCED``, to ``rs:dead``).
     """
-    orphans = await replay_orphans(redis, keys, spool_dir, own, bound, stop)
+    orphans = await replay_orphans(redis, keys, spool_dir, own, bound, stop, wait=writer.wait)
     if orphans.replayed:
         log.info("%d records from spools of gone daemons are in Redis", orphans.replayed)
     if orphans.left and not stop.is_set():
@@ -132,8 +132,9 @@ class OrphanReplay:
 
 
 async def replay_orphans(redis: aioredis.Redis, keys: Keys, spool_dir: str, own: Path, timeout: float,
-                         stop: asyncio.Event | None = None) -> OrphanReplay:
-    """Replay every spool in ``spool_dir`` whose daemon is gone, within ``timeout`` seconds in all."""
+                         stop: asyncio.Event | None = None, wait: tuple[int, float] = (0, 1.0)) -> OrphanReplay:
+    """Replay every spool in ``spool_dir`` whose daemon is gone, within ``timeout`` seconds in all (``wait``: the
+    writer's ``wait_replicas`` and ``wait_timeout``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     result = OrphanReplay()
@@ -152,7 +153,7 @@ async def replay_orphans(redis: aioredis.Redis, keys: Keys, spool_dir: str, own:
             if left <= 0 or (stop is not None and stop.is_set()):
                 result.left.append(path)
                 continue
-            count, done = await _replay_one(redis, keys, path, left, stop)
+            count, done = await _replay_one(redis, keys, path, left, stop, wait)
             result.replayed += count
             if not done:
                 result.left.append(path)
@@ -162,7 +163,7 @@ async def replay_orphans(redis: aioredis.Redis, keys: Keys, spool_dir: str, own:
 
 
 async def _replay_one(redis: aioredis.Redis, keys: Keys, path: Path, timeout: float,
-                      stop: asyncio.Event | None) -> tuple[int, bool]:
+                      stop: asyncio.Event | None, wait: tuple[int, float]) -> tuple[int, bool]:
     """(records now in Redis, whether the whole spool is)."""
     spool = await Spool.open(path)  # opening reads the file: off the event loop
     if spool.empty:
@@ -170,7 +171,8 @@ async def _replay_one(redis: aioredis.Redis, keys: Keys, path: Path, timeout: fl
         await asyncio.to_thread(_remove_spool, path)
         return 0, True
     log.info("spool %s of a daemon that is gone holds %d bytes; replaying", path, spool.pending_bytes)
-    writer = EventWriter(redis, keys=keys, producer=decode_name(path.stem), spool=spool)
+    writer = EventWriter(redis, keys=keys, producer=decode_name(path.stem), spool=spool, wait_replicas=wait[0],
+                         wait_timeout=wait[1])
     await writer.start()
     done = await flush_unless(writer, timeout, stop)
     await writer.aclose(timeout=1.0)

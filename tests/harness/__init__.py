@@ -3,11 +3,12 @@ them too); they are aliased here so tests can keep importing ``harness.redis_ser
 
 import sys as _sys
 
-from supervisor.devstack import livekit_server, netns, participant, redis_server, util
+from supervisor.devstack import livekit_server, netns, participant, redis_cluster, redis_server, util
 
 for _name, _module in {
     "util": util,
     "redis_server": redis_server,
+    "redis_cluster": redis_cluster,
     "livekit_server": livekit_server,
     "netns": netns,
     "participant": participant,

@@ -11,6 +11,7 @@ import pytest
 from . import netns as netns_mod
 from .livekit_server import LiveKitServer, livekit_binary
 from .participant import Participant
+from .redis_cluster import RedisCluster
 from .redis_server import RedisServer
 from .tasks import _rs_no_leaked_tasks, _rs_task_guard  # noqa: F401 - fixtures
 from supervisor.devstack.stack import sealed_mode
@@ -44,6 +45,40 @@ def redis_url(redis_server: RedisServer) -> str:
     redis_server.start()
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """A real Redis Cluster: 3 masters, 3 replicas, failover within seconds (supervisor.devstack.redis_cluster)."""
+    with running(RedisCluster(tmp_path_factory.mktemp("redis-cluster")), ACTIVE_REDIS) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def private_cluster(tmp_path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own (3 masters, 3 replicas, appendonly), which it may kill nodes of."""
+    with running(RedisCluster(tmp_path / "private-cluster"), ACTIVE_REDIS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["single", "cluster"])
+def store_url(request) -> str:
+    """For tests that must hold on both kinds of Redis: the shared redis-server, then the 3-master cluster, each
+    emptied for the test. A module runs all its tests on both with ``redis_url = both_redis_url`` (below)."""
+    if request.param == "single":
+        server = request.getfixturevalue("redis_server")
+    else:
+        server = request.getfixturevalue("redis_cluster")
+    server.start()  # restarted if an earlier test left it down
+    server.flushall()
+    return server.url
+
+
+@pytest.fixture(name="redis_url")
+def both_redis_url(store_url: str) -> str:
+    """Imported by a test module as ``from harness.fixtures import both_redis_url``: its ``redis_url`` is then
+    the single server and the cluster in turn."""
+    return store_url
 
 
 @pytest.fixture
