@@ -245,3 +245,32 @@ async def test_script_reloaded_after_script_flush(r):
     await writer.aclose()
     assert [x.seq for x in await room_records(r, "noscript")] == [1, 2]
     assert writer.stats.written == 2 and not await r.exists(KEYS.dead())
+
+
+async def test_seqs_given_again_after_lost_appends_are_recorded(r):
+    """Redis lost appends this writer was told were written (a master failing over before its replica had them, a
+    restart without persistence) and numbers the next record from where it was: the writer notices a seq at or
+    below one it was told before, and records that batch in rs:dead (reason seq_reused) besides writing it."""
+    room = "lost appends"
+    w = EventWriter(r, producer="told")
+    await w.start()
+    try:
+        for i in range(3):
+            await w.append(rec(room, n=i))
+        assert await w.flush(10)
+        await r.delete(KEYS.events(room), KEYS.meta(room))  # what Redis lost
+        await w.append(rec(room, n=3))
+        assert await w.flush(10)
+        assert w.stats.seq_reused == 1
+        dead = await r.xrange(KEYS.dead())
+        assert len(dead) == 1
+        assert dead[0][1][b"reason"].startswith(b"seq_reused: seqs 1..1 were given before (up to 3)")
+        assert [x.seq for x in await room_records(r, room)] == [1]  # written too: the stream is what Redis has
+        for n in (4, 5):  # seqs 2 and 3 had been given before too
+            await w.append(rec(room, n=n))
+            assert await w.flush(10)
+        assert w.stats.seq_reused == 3 and await r.xlen(KEYS.dead()) == 3
+        await w.append(rec(room, n=6))  # seq 4: past what it was told, nothing more to say
+        assert await w.flush(10) and w.stats.seq_reused == 3
+    finally:
+        await w.aclose()
